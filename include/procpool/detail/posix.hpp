@@ -1,0 +1,197 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// Every system call procpool makes lives here: wrapped once, retried on EINTR,
+// failures thrown as std::system_error carrying errno. Linux only (futex, prctl).
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cxxabi.h>
+#include <exception>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <typeinfo>
+#include <utility>
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace procpool::detail {
+
+[[noreturn]] inline void throw_errno(const char* what) {
+  throw std::system_error(errno, std::generic_category(), what);
+}
+
+/// Calls fn() until it does not fail with EINTR.
+template <class Fn>
+auto retry_eintr(Fn fn) {
+  decltype(fn()) r;
+  do {
+    r = fn();
+  } while (r == -1 && errno == EINTR);
+  return r;
+}
+
+inline std::int64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+inline void sleep_ns(std::int64_t ns) noexcept {
+  timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+  while (::nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+  }
+}
+
+/// Flushes C stdio and the standard iostreams, so that nothing buffered is
+/// printed twice after fork, or lost at _exit.
+inline void flush_stdio() noexcept {
+  try {
+    std::cout.flush();
+    std::cerr.flush();
+    std::clog.flush();
+  } catch (...) {
+  }
+  std::fflush(nullptr);
+}
+
+/// Ends a forked child: flushes stdio, then _exit, so the parent's atexit
+/// handlers and static destructors never run in the child.
+[[noreturn]] inline void child_exit(int code) noexcept {
+  flush_stdio();
+  ::_exit(code);
+}
+
+/// Demangled name of a type_info ("std::runtime_error").
+inline std::string demangle(const char* mangled) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> p(abi::__cxa_demangle(mangled, nullptr, nullptr, &status),
+                                           std::free);
+  return status == 0 && p ? std::string(p.get()) : std::string(mangled);
+}
+
+/// The type and message of the exception being handled; call inside a catch block.
+inline std::pair<std::string, std::string> describe_current_exception() {
+  const std::type_info* t = abi::__cxa_current_exception_type();
+  std::string type = t ? demangle(t->name()) : std::string("unknown exception");
+  std::string what;
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  return {std::move(type), std::move(what)};
+}
+
+/// "SIGSEGV" for 11; "signal 64" when the C library has no abbreviation.
+inline std::string signal_name(int sig) {
+  if (const char* abbrev = ::sigabbrev_np(sig)) return std::string("SIG") + abbrev;
+  return "signal " + std::to_string(sig);
+}
+
+/// Python's exitcode for a waitpid status: n for exit(n), -N for signal N.
+inline int exitcode_from_status(int status) noexcept {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return 1;
+}
+
+/// "exited with code 3" / "was killed by SIGSEGV".
+inline std::string describe_exitcode(int exitcode) {
+  if (exitcode < 0) return "was killed by " + signal_name(-exitcode);
+  return "exited with code " + std::to_string(exitcode);
+}
+
+/// waitpid(pid) retried on EINTR. With WNOHANG returns nullopt while the child runs.
+inline std::optional<int> wait_pid(pid_t pid, bool block) {
+  int status = 0;
+  pid_t r = retry_eintr([&] { return ::waitpid(pid, &status, block ? 0 : WNOHANG); });
+  if (r == -1) throw_errno("waitpid");
+  if (r == 0) return std::nullopt;
+  return status;
+}
+
+/// kill(pid, sig); a process that is already gone is not an error.
+inline void send_signal(pid_t pid, int sig) {
+  if (::kill(pid, sig) == -1 && errno != ESRCH) throw_errno("kill");
+}
+
+/// The number of CPUs online (Python's os.cpu_count()).
+inline std::size_t cpu_count() noexcept {
+  long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<std::size_t>(n) : 1;
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that forked it ends,
+/// then closes the race where that happened before the prctl: returns false if
+/// the parent is already gone.
+inline bool die_with_parent(pid_t expected_parent) noexcept {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  return ::getppid() == expected_parent;
+}
+
+// futex on a 32-bit word in MAP_SHARED memory: works across processes
+// (no FUTEX_PRIVATE_FLAG).
+inline void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
+                       std::int64_t timeout_ns) noexcept {
+  timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000),
+              static_cast<long>(timeout_ns % 1'000'000'000)};
+  // EINTR, EAGAIN (value changed) and ETIMEDOUT all mean "look again".
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr,
+            0);
+}
+
+inline void futex_wake_all(std::atomic<std::uint32_t>* word) noexcept {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr,
+            nullptr, 0);
+}
+
+/// Forks with every signal blocked and stdout/stderr locked, so the child starts
+/// with no signal handler half-run and no stdio lock held by a thread that does
+/// not exist in it. Stdio is flushed first, so nothing buffered is printed twice.
+/// In the child, runs child_body() (which must not return) after restoring the mask.
+template <class ChildBody>
+pid_t fork_with(ChildBody&& child_body) {
+  flush_stdio();
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  ::flockfile(stdout);
+  ::flockfile(stderr);
+  pid_t pid = ::fork();
+  int saved = errno;
+  ::funlockfile(stderr);
+  ::funlockfile(stdout);
+  if (pid == 0) {
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    child_body();
+    child_exit(0);  // not reached: child_body ends the process
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid == -1) {
+    errno = saved;
+    throw_errno("fork");
+  }
+  return pid;
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,99 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+/// @file errors.hpp
+/// The exception hierarchy. Everything procpool throws on its own account derives
+/// from procpool::error; failed system calls throw std::system_error with errno.
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <sys/types.h>
+
+namespace procpool {
+
+/// Root of every procpool exception.
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A Process or Pool was used in a way its state does not allow
+/// (start() twice, join() before start(), map() after close(), ...).
+class usage_error : public error {
+ public:
+  using error::error;
+};
+
+/// Base of the errors that belong to one item of a map/imap/apply_async call.
+class item_error : public error {
+ public:
+  item_error(std::size_t index, const std::string& what) : error(what), index_(index) {}
+  /// The item's position in the input (0-based; apply_async's task is item 0).
+  std::size_t index() const noexcept { return index_; }
+
+ private:
+  std::size_t index_;
+};
+
+/// The task function threw for one item. what() holds the original exception's
+/// type, its message and the item's index.
+class task_error : public item_error {
+ public:
+  task_error(std::size_t index, std::string type, std::string message)
+      : item_error(index, "task for item " + std::to_string(index) + " threw " + type + ": " +
+                              message),
+        type_(std::move(type)),
+        message_(std::move(message)) {}
+  /// The demangled type of the exception the task threw, e.g. "std::runtime_error".
+  const std::string& type_name() const noexcept { return type_; }
+  /// The original exception's what().
+  const std::string& message() const noexcept { return message_; }
+
+ private:
+  std::string type_;
+  std::string message_;
+};
+
+/// The worker running the item died (killed by a signal, or exited) before it finished.
+class worker_lost : public item_error {
+ public:
+  worker_lost(std::size_t index, pid_t pid, int exitcode, const std::string& what)
+      : item_error(index, what), pid_(pid), exitcode_(exitcode) {}
+  /// The dead worker's pid.
+  pid_t pid() const noexcept { return pid_; }
+  /// Python-style exit code: n for exit(n), -N for death by signal N.
+  int exitcode() const noexcept { return exitcode_; }
+
+ private:
+  pid_t pid_;
+  int exitcode_;
+};
+
+/// The item ran longer than pool_options::task_timeout; its worker was killed and replaced.
+class task_timeout : public worker_lost {
+ public:
+  using worker_lost::worker_lost;
+};
+
+/// The pool was terminated (terminate() or the destructor) before this item finished.
+class pool_terminated : public error {
+ public:
+  using error::error;
+};
+
+/// pool_options::initializer threw or crashed in a worker; the pool cannot run tasks.
+class initializer_error : public error {
+ public:
+  using error::error;
+};
+
+/// Bytes that crossed the process boundary were truncated or corrupted.
+class decode_error : public error {
+ public:
+  using error::error;
+};
+
+}  // namespace procpool

@@ -1,0 +1,10 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+/// @file procpool.hpp
+/// The umbrella header: include this one.
+
+#include "version.hpp"
+#include "errors.hpp"
+#include "process.hpp"
