@@ -8,3 +8,6 @@
 #include "version.hpp"
 #include "errors.hpp"
 #include "process.hpp"
+#include "options.hpp"
+#include "codec.hpp"
+#include "pool.hpp"

@@ -1,0 +1,101 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// Byte buffers for messages, and the bounds-checked reader the codecs decode from.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "../errors.hpp"
+
+namespace procpool::detail {
+
+/// A growable byte array that, unlike std::vector<char>, does not zero what it
+/// grows into: a 300 MiB message is written once, not cleared first.
+class byte_buffer {
+ public:
+  std::size_t size() const noexcept { return size_; }
+  char* data() noexcept { return data_.get(); }
+  const char* data() const noexcept { return data_.get(); }
+  void clear() noexcept { size_ = 0; }
+
+  /// Makes the size @p n, keeping the first min(n, size()) bytes.
+  void resize(std::size_t n) {
+    reserve(n);
+    size_ = n;
+  }
+  void reserve(std::size_t n) {
+    if (n <= cap_) return;
+    std::size_t cap = cap_ ? cap_ : 256;
+    while (cap < n) cap *= 2;
+    std::unique_ptr<char[]> p(new char[cap]);
+    if (size_) std::memcpy(p.get(), data_.get(), size_);
+    data_ = std::move(p);
+    cap_ = cap;
+  }
+  /// Appends @p n bytes and returns where they go.
+  char* grow(std::size_t n) {
+    const std::size_t at = size_;
+    resize(size_ + n);
+    return data_.get() + at;
+  }
+  void append(const void* p, std::size_t n) {
+    if (n) std::memcpy(grow(n), p, n);
+  }
+  template <class T>
+  void append_value(const T& v) {
+    append(&v, sizeof v);
+  }
+  /// Drops the memory of a buffer that grew large, so one huge message does
+  /// not pin its size for the life of a worker.
+  void shrink_if_above(std::size_t limit) {
+    if (cap_ > limit && size_ <= limit) {
+      data_.reset();
+      cap_ = size_ = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<char[]> data_;
+  std::size_t size_ = 0;
+  std::size_t cap_ = 0;
+};
+
+/// Reads bytes from [p, end); running past the end throws decode_error, so a
+/// truncated or corrupted message can never be read beyond its bounds.
+class reader {
+ public:
+  reader(const char* p, std::size_t n) noexcept : p_(p), end_(p + n) {}
+  std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - p_); }
+  const char* position() const noexcept { return p_; }
+
+  /// The next @p n bytes, consumed.
+  const char* take(std::size_t n) {
+    if (n > remaining())
+      throw decode_error("procpool: a message ended " + std::to_string(n - remaining()) +
+                         " bytes early (truncated or corrupted data crossed the process boundary)");
+    const char* at = p_;
+    p_ += n;
+    return at;
+  }
+  void read(void* dst, std::size_t n) {
+    const char* src = take(n);
+    if (n) std::memcpy(dst, src, n);
+  }
+  template <class T>
+  T read_value() {
+    T v;
+    read(&v, sizeof v);
+    return v;
+  }
+
+ private:
+  const char* p_;
+  const char* end_;
+};
+
+}  // namespace procpool::detail

@@ -1,0 +1,926 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The untyped core of Pool: shared memory layout, wire format, the worker loop
+// (run in the children) and the scheduler (run in the parent by whichever thread
+// waits on the pool). Pool<F> in pool.hpp adds the types through jobs and runner
+// function pointers; a runner's address is the same in the workers, which are forks.
+
+#include <algorithm>
+#include <condition_variable>
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/interprocess/anonymous_shared_memory.hpp>
+
+#include "../errors.hpp"
+#include "../options.hpp"
+#include "../process.hpp"
+#include "buffer.hpp"
+#include "posix.hpp"
+#include "ring.hpp"
+
+namespace procpool::detail {
+
+// ---------------------------------------------------------------- wire format
+
+inline constexpr std::uint32_t frame_magic = 0x50504c31;  // "PPL1"
+
+enum class frame_kind : std::uint32_t {
+  task = 1,         // parent -> worker: task_header, then the encoded arguments
+  stop = 2,         // parent -> worker: finish and exit
+  results = 3,      // worker -> parent: result_header, values, errors
+  init_failed = 4,  // worker -> parent: the initializer threw (two strings)
+  bye = 5,          // worker -> parent: exiting after stop
+};
+
+struct frame_header {
+  std::uint32_t magic;
+  std::uint32_t kind;
+  std::uint64_t size;  // bytes of body after this header
+};
+
+struct task_header {
+  std::uint64_t runner;  // address of the typed runner, valid in the forked worker
+  std::uint64_t seq;     // chunk sequence number, echoed in the results
+  std::uint64_t count;   // items in the chunk
+};
+
+struct result_header {
+  std::uint64_t seq;
+  std::uint64_t count;
+  std::uint64_t errors;     // number of error records
+  std::uint64_t errors_at;  // offset of the error records in the body
+};
+
+// Error records: u64 local index, then the type and message as encoded strings.
+
+inline void put_string(byte_buffer& b, const std::string& s) {
+  b.append_value(std::uint64_t{s.size()});
+  b.append(s.data(), s.size());
+}
+
+inline std::string get_string(reader& r) {
+  const auto n = r.read_value<std::uint64_t>();
+  const char* p = r.take(static_cast<std::size_t>(std::min<std::uint64_t>(n, r.remaining() + 1)));
+  return std::string(p, static_cast<std::size_t>(n));
+}
+
+/// An item's exception as the worker reported it.
+struct item_failure {
+  std::uint64_t local;
+  std::string type;
+  std::string message;
+};
+
+// ---------------------------------------------------------------- shared memory
+
+struct alignas(64) pool_shared {
+  event parent_ev;  // the parent sleeps here: results arrived, or task space freed
+};
+
+struct alignas(64) slot_shared {
+  ring_control tasks;    // parent -> worker
+  ring_control results;  // worker -> parent
+  event worker_ev;       // the worker sleeps here: tasks arrived, or result space freed
+  // What the worker is running, for blame on death and for timeouts.
+  alignas(64) std::atomic<std::uint64_t> running_seq{0};  // 0: between items
+  std::atomic<std::uint64_t> running_item{0};
+  std::atomic<std::int64_t> running_since{0};
+  std::atomic<std::uint32_t> ready{0};  // set after the initializer returned
+};
+
+// ---------------------------------------------------------------- the worker side
+
+inline constexpr std::int64_t spin_ns = 50'000;  // spin this long before sleeping
+
+/// What a typed runner sees of the chunk it runs (in the worker).
+struct task_context {
+  reader items;
+  std::uint64_t seq;
+  std::uint64_t count;
+  byte_buffer& values;
+  byte_buffer& errors;
+  std::uint64_t error_count = 0;
+  slot_shared* slot;
+  bool timed;
+
+  void begin_item(std::uint64_t i) noexcept {
+    slot->running_item.store(i, std::memory_order_relaxed);
+    if (timed) slot->running_since.store(monotonic_ns(), std::memory_order_relaxed);
+    slot->running_seq.store(seq, std::memory_order_release);
+  }
+  void end_item() noexcept { slot->running_seq.store(0, std::memory_order_release); }
+  /// Records the exception being handled as item @p i's error.
+  void fail_current(std::uint64_t i) {
+    auto [type, what] = describe_current_exception();
+    errors.append_value(i);
+    put_string(errors, type);
+    put_string(errors, what);
+    ++error_count;
+  }
+};
+
+using runner_fn = void (*)(void* fn, task_context& ctx);
+
+/// One worker's end of its two rings, with blocking reads and writes.
+class worker_channel {
+ public:
+  worker_channel(pool_shared* pool, slot_shared* slot, char* task_data, char* result_data,
+                 std::size_t cap, pid_t parent)
+      : pool_(pool),
+        slot_(slot),
+        tasks_(&slot->tasks, task_data, cap),
+        results_(&slot->results, result_data, cap),
+        parent_(parent) {}
+
+  slot_shared* slot() noexcept { return slot_; }
+
+  void read_exact(char* p, std::size_t n) {
+    while (n) {
+      const std::size_t got = tasks_.read_some(p, n);
+      if (got) {
+        p += got;
+        n -= got;
+        pool_->parent_ev.notify();  // space freed
+      } else {
+        wait([this] { return tasks_.readable() > 0; });
+      }
+    }
+  }
+  void write_all(const char* p, std::size_t n) {
+    while (n) {
+      const std::size_t put = results_.write_some(p, n);
+      if (put) {
+        p += put;
+        n -= put;
+        pool_->parent_ev.notify();  // data arrived
+      } else {
+        wait([this] { return results_.writable() > 0; });
+      }
+    }
+  }
+  void send_frame(frame_kind kind, const byte_buffer& body) {
+    const frame_header h{frame_magic, static_cast<std::uint32_t>(kind), body.size()};
+    write_all(reinterpret_cast<const char*>(&h), sizeof h);
+    write_all(body.data(), body.size());
+  }
+
+ private:
+  /// Spins briefly, then sleeps; wakes every 100 ms to see whether the parent
+  /// is gone (the death signal covers most cases; this covers the rest).
+  template <class Ready>
+  void wait(Ready ready) {
+    const std::int64_t until = monotonic_ns() + spin_ns;
+    for (unsigned i = 0;; ++i) {
+      if (ready()) return;
+      cpu_relax();
+      if ((i & 63) == 63 && monotonic_ns() > until) break;
+    }
+    for (;;) {
+      const std::uint32_t seen = slot_->worker_ev.prepare();
+      if (ready()) {
+        slot_->worker_ev.retire();
+        return;
+      }
+      slot_->worker_ev.wait(seen, 100'000'000);
+      slot_->worker_ev.retire();
+      if (::getppid() != parent_) child_exit(0);
+    }
+  }
+
+  pool_shared* pool_;
+  slot_shared* slot_;
+  byte_ring tasks_;
+  byte_ring results_;
+  pid_t parent_;
+};
+
+/// The loop a pool worker runs until told to stop. Never returns.
+[[noreturn]] inline void worker_main(worker_channel& ch, void* fn,
+                                     const std::function<void()>& initializer,
+                                     bool timed, pid_t parent) {
+  // The parent decides what Ctrl-C means; workers end with it (death signal).
+  ::signal(SIGINT, SIG_IGN);
+  if (!die_with_parent(parent)) child_exit(0);
+  byte_buffer in, values, errors, out;
+  if (initializer) {
+    try {
+      initializer();
+    } catch (...) {
+      auto [type, what] = describe_current_exception();
+      put_string(out, type);
+      put_string(out, what);
+      ch.send_frame(frame_kind::init_failed, out);
+      child_exit(1);
+    }
+  }
+  ch.slot()->ready.store(1, std::memory_order_release);
+  for (;;) {
+    frame_header h;
+    ch.read_exact(reinterpret_cast<char*>(&h), sizeof h);
+    if (h.magic != frame_magic) child_exit(70);  // the parent sees a lost worker
+    if (h.kind == static_cast<std::uint32_t>(frame_kind::stop)) {
+      in.clear();
+      ch.send_frame(frame_kind::bye, in);
+      child_exit(0);
+    }
+    if (h.kind != static_cast<std::uint32_t>(frame_kind::task)) child_exit(70);
+    in.resize(static_cast<std::size_t>(h.size));
+    ch.read_exact(in.data(), in.size());
+    reader r(in.data(), in.size());
+    const auto th = r.read_value<task_header>();
+    values.clear();
+    errors.clear();
+    values.grow(sizeof(result_header));
+    task_context ctx{r, th.seq, th.count, values, errors, 0, ch.slot(), timed};
+    reinterpret_cast<runner_fn>(th.runner)(fn, ctx);
+    const result_header rh{th.seq, th.count, ctx.error_count, values.size()};
+    std::memcpy(values.data(), &rh, sizeof rh);
+    values.append(errors.data(), errors.size());
+    ch.send_frame(frame_kind::results, values);
+    constexpr std::size_t keep = std::size_t{64} << 20;
+    in.shrink_if_above(keep);
+    values.shrink_if_above(keep);
+  }
+}
+
+// ---------------------------------------------------------------- the parent side
+
+/// A map/imap/apply call as the scheduler sees it. Typed subclasses in pool.hpp
+/// encode inputs and decode results; all calls happen under the engine's lock.
+class job {
+ public:
+  virtual ~job() = default;
+
+  /// Appends up to @p max encoded items to @p out, pushing each item's start
+  /// offset (relative to @p out's size on entry) to @p offsets, and sets @p base
+  /// to the first item's index. Returns the number of items (0: none right now).
+  virtual std::size_t next_items(byte_buffer& out, std::vector<std::uint32_t>& offsets,
+                                 std::size_t max, std::uint64_t& base) = 0;
+  /// True when every input item has been handed out.
+  virtual bool input_done() const = 0;
+  /// Stores the results of items [base, base + count), failing those in @p failed.
+  virtual void deliver(std::uint64_t base, std::uint64_t count,
+                       const std::vector<item_failure>& failed, reader& values) = 0;
+  /// Item @p index failed with @p e.
+  virtual void fail(std::uint64_t index, std::exception_ptr e) = 0;
+  /// The pool can no longer run anything: every unfinished item fails with @p e.
+  virtual void abort(std::exception_ptr e) = 0;
+
+  std::uint64_t runner = 0;
+  std::size_t chunksize = 1;
+  std::size_t outstanding = 0;  // items handed out and not yet finished
+  bool aborted = false;
+  /// True when every item has a result or an error.
+  bool complete() const { return aborted || (input_done() && outstanding == 0); }
+};
+
+/// A run of consecutive items of one job, encoded, on its way to a worker.
+struct chunk {
+  std::shared_ptr<job> owner;
+  std::uint64_t base = 0;
+  std::uint64_t seq = 0;
+  unsigned attempts = 0;
+  byte_buffer msg;                     // frame_header, task_header, items
+  std::vector<std::uint32_t> offsets;  // item starts, relative to the items; count + 1 entries
+  std::uint64_t count() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  static constexpr std::size_t items_at = sizeof(frame_header) + sizeof(task_header);
+};
+
+inline std::size_t round_up_pow2(std::size_t n) {
+  std::size_t p = 4096;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/// The scheduler. Owns the shared memory, the workers and the queue of jobs.
+/// No thread of its own: whichever caller waits on a result drives it
+/// (one at a time, the others wait on a condition variable).
+class engine {
+ public:
+  engine(const pool_options& opts, void* fn);
+  ~engine() { terminate(); }
+  engine(const engine&) = delete;
+  engine& operator=(const engine&) = delete;
+
+  /// Queues a job and starts it if a worker is free. @throws usage_error after
+  /// close()/terminate(), initializer_error when the initializer failed.
+  void submit(const std::shared_ptr<job>& j);
+  /// Drives the pool until done() (called under the lock) is true.
+  template <class Done>
+  void run_until(Done done);
+  /// Like run_until, but gives up at @p deadline (monotonic ns); true if done.
+  template <class Done>
+  bool run_until(Done done, std::int64_t deadline);
+  /// Runs @p fn under the engine's lock (for reading job state).
+  template <class Fn>
+  decltype(auto) locked(Fn fn) {
+    std::lock_guard lk(m_);
+    return fn();
+  }
+
+  void close();
+  void join();
+  void terminate() noexcept;
+  std::vector<pid_t> pids();
+  std::size_t size() const noexcept { return workers_.size(); }
+
+ private:
+  enum class state { running, closed, joined, terminated };
+
+  struct worker {
+    std::size_t slot = 0;
+    pid_t pid = 0;
+    byte_ring tasks;    // we produce
+    byte_ring results;  // we consume
+    std::deque<chunk> inflight;
+    std::size_t sent = 0;      // inflight[0, sent) fully written
+    std::size_t send_off = 0;  // bytes of inflight[sent] written
+    std::size_t budget = 0;    // items it may still be given
+    bool stop_queued = false;
+    bool stop_sent = false;
+    bool timed_out = false;
+    bool corrupt = false;  // sent bytes we cannot parse; killed, awaiting reaping
+    // the message being read
+    bool have_header = false;
+    frame_header hdr{};
+    byte_buffer body;
+    std::size_t got = 0;
+  };
+
+  slot_shared* slot(std::size_t i) const {
+    return reinterpret_cast<slot_shared*>(base_ + sizeof(pool_shared)) + i;
+  }
+  char* task_data(std::size_t i) const { return data_ + 2 * i * cap_; }
+  char* result_data(std::size_t i) const { return data_ + (2 * i + 1) * cap_; }
+  pool_shared* shared() const { return reinterpret_cast<pool_shared*>(base_); }
+
+  void spawn_worker(worker& w);
+  bool pump();
+  bool drain(worker& w);
+  void on_message(worker& w);
+  bool dispatch();
+  bool next_chunk(worker& w, chunk& c);
+  void flush(worker& w);
+  void check_workers();
+  void on_death(worker& w, int exitcode);
+  void requeue(const chunk& c, std::uint64_t from, std::uint64_t to);
+  void wait_for_event(std::int64_t deadline);
+  bool has_event();
+  void break_pool(std::exception_ptr e);
+  bool all_done() const;
+  void throw_if_unusable() const;
+
+  pool_options opts_;
+  void* fn_;
+  std::size_t cap_;
+  boost::interprocess::mapped_region region_;
+  char* base_ = nullptr;
+  char* data_ = nullptr;
+  pid_t parent_pid_;
+  std::vector<worker> workers_;
+  std::deque<std::shared_ptr<job>> jobs_;
+  std::deque<chunk> requeued_;
+  std::uint64_t next_seq_ = 1;
+  std::int64_t next_check_ = 0;
+  state state_ = state::running;
+  std::exception_ptr broken_;  // set when the initializer failed
+
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool pumping_ = false;  // a thread is driving; only it touches the rings
+};
+
+inline engine::engine(const pool_options& opts, void* fn)
+    : opts_(opts), fn_(fn), cap_(round_up_pow2(opts.queue_bytes)), parent_pid_(::getpid()) {
+  std::size_t n = opts_.processes ? opts_.processes : cpu_count();
+  if (n > 4096)
+    throw usage_error("procpool::Pool: " + std::to_string(n) +
+                      " processes asked for; use between 1 and 4096 (0 means cpu_count())");
+  if (opts_.queue_bytes > (std::size_t{1} << 30))
+    throw usage_error("procpool::Pool: queue_bytes above 1 GiB; messages of any size stream "
+                      "through smaller queues");
+  const std::size_t header = sizeof(pool_shared) + n * sizeof(slot_shared);
+  const std::size_t data_at = (header + 4095) / 4096 * 4096;
+  // Anonymous and mapped before fork: inherited by every worker, never named in /dev/shm.
+  region_ = boost::interprocess::anonymous_shared_memory(data_at + 2 * n * cap_);
+  base_ = static_cast<char*>(region_.get_address());
+  data_ = base_ + data_at;
+  new (shared()) pool_shared();
+  workers_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    new (slot(i)) slot_shared();
+    workers_[i].slot = i;
+  }
+  try {
+    for (auto& w : workers_) spawn_worker(w);
+  } catch (...) {
+    terminate();
+    throw;
+  }
+}
+
+inline void engine::spawn_worker(worker& w) {
+  slot_shared* s = slot(w.slot);
+  s->tasks.head = s->tasks.tail = 0;
+  s->results.head = s->results.tail = 0;
+  s->running_seq = 0;
+  s->ready = 0;
+  w.tasks = byte_ring(&s->tasks, task_data(w.slot), cap_);
+  w.results = byte_ring(&s->results, result_data(w.slot), cap_);
+  w.inflight.clear();
+  w.sent = w.send_off = 0;
+  w.budget = opts_.max_tasks_per_child ? opts_.max_tasks_per_child
+                                       : std::numeric_limits<std::size_t>::max();
+  w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = false;
+  w.got = 0;
+  const pid_t parent = parent_pid_;
+  const bool timed = opts_.task_timeout.count() > 0;
+  pool_shared* ps = shared();
+  char* td = task_data(w.slot);
+  char* rd = result_data(w.slot);
+  const std::size_t cap = cap_;
+  void* fn = fn_;
+  const std::function<void()>& init = opts_.initializer;
+  w.pid = spawn(next_process_name("ForkPoolWorker-"), [=, &init] {
+    worker_channel ch(ps, s, td, rd, cap, parent);
+    worker_main(ch, fn, init, timed, parent);
+  });
+}
+
+inline void engine::throw_if_unusable() const {
+  if (broken_) std::rethrow_exception(broken_);
+  if (state_ != state::running)
+    throw usage_error(state_ == state::terminated
+                          ? "procpool::Pool: the pool was terminated; create a new Pool"
+                          : "procpool::Pool: the pool was closed; no new work can be submitted");
+}
+
+inline void engine::submit(const std::shared_ptr<job>& j) {
+  std::unique_lock lk(m_);
+  throw_if_unusable();
+  jobs_.push_back(j);
+  if (!pumping_) {
+    pumping_ = true;
+    pump();
+    pumping_ = false;
+    cv_.notify_all();
+  } else {
+    shared()->parent_ev.notify();  // wake the driving thread so it dispatches
+  }
+}
+
+template <class Done>
+void engine::run_until(Done done) {
+  run_until(done, std::numeric_limits<std::int64_t>::max());
+}
+
+template <class Done>
+bool engine::run_until(Done done, std::int64_t deadline) {
+  std::unique_lock lk(m_);
+  for (;;) {
+    if (done()) return true;
+    if (monotonic_ns() >= deadline) return false;
+    if (pumping_) {
+      cv_.wait_for(lk, std::chrono::milliseconds(10));
+      continue;
+    }
+    pumping_ = true;
+    bool progress = false;
+    try {
+      progress = pump();
+      if (!progress && !done()) {
+        lk.unlock();
+        wait_for_event(deadline);
+        lk.lock();
+      }
+    } catch (...) {
+      if (!lk.owns_lock()) lk.lock();
+      pumping_ = false;
+      cv_.notify_all();
+      throw;
+    }
+    pumping_ = false;
+    cv_.notify_all();
+  }
+}
+
+/// One round: read every result that arrived, hand out work, look for dead or
+/// overdue workers. Non-blocking. Returns true if anything moved.
+inline bool engine::pump() {
+  if (state_ == state::terminated || state_ == state::joined) return false;
+  bool progress = false;
+  for (auto& w : workers_) progress |= drain(w);
+  progress |= dispatch();
+  const std::int64_t now = monotonic_ns();
+  if (now >= next_check_) {
+    next_check_ = now + 5'000'000;
+    check_workers();
+  }
+  return progress;
+}
+
+inline bool engine::has_event() {
+  for (auto& w : workers_) {
+    if (w.pid == 0) continue;
+    if (w.results.readable() > 0) return true;
+    if (w.sent < w.inflight.size() && w.tasks.writable() > 0) return true;
+  }
+  return false;
+}
+
+/// Spins briefly, then sleeps until a worker publishes, a submit() wakes us,
+/// or the next liveness check is due. Called without the lock, by the driver.
+inline void engine::wait_for_event(std::int64_t deadline) {
+  const std::int64_t start = monotonic_ns();
+  for (unsigned i = 0;; ++i) {
+    if (has_event()) return;
+    cpu_relax();
+    if ((i & 63) == 63 && monotonic_ns() - start > spin_ns) break;
+  }
+  event& ev = shared()->parent_ev;
+  const std::uint32_t seen = ev.prepare();
+  if (!has_event()) {
+    const std::int64_t now = monotonic_ns();
+    std::int64_t until = std::min(deadline, std::max(next_check_, now + 100'000));
+    ev.wait(seen, std::max<std::int64_t>(until - now, 1000));
+  }
+  ev.retire();
+}
+
+inline bool engine::drain(worker& w) {
+  if (w.pid == 0 || w.corrupt) return false;
+  bool progress = false;
+  for (;;) {
+    if (!w.have_header) {
+      if (w.results.readable() < sizeof(frame_header)) break;
+      w.results.read_some(reinterpret_cast<char*>(&w.hdr), sizeof w.hdr);
+      w.have_header = true;
+      w.got = 0;
+      if (w.hdr.magic != frame_magic || w.hdr.size > (std::uint64_t{1} << 44)) {
+        // Corrupted stream: the worker is unusable. Kill it; on_death requeues.
+        send_signal(w.pid, SIGKILL);
+        w.corrupt = true;
+        return progress;
+      }
+      w.body.resize(static_cast<std::size_t>(w.hdr.size));
+      progress = true;
+    }
+    if (w.got < w.body.size()) {
+      const std::size_t n = w.results.read_some(w.body.data() + w.got, w.body.size() - w.got);
+      if (n == 0) break;
+      w.got += n;
+      progress = true;
+    }
+    slot(w.slot)->worker_ev.notify();  // space freed
+    if (w.got < w.body.size()) break;
+    w.have_header = false;
+    on_message(w);
+    if (w.pid == 0) break;
+  }
+  return progress;
+}
+
+inline void engine::on_message(worker& w) {
+  switch (static_cast<frame_kind>(w.hdr.kind)) {
+    case frame_kind::results: {
+      if (w.inflight.empty() || w.sent == 0) {
+        send_signal(w.pid, SIGKILL);  // an answer to nothing: the stream is corrupt
+        w.corrupt = true;
+        break;
+      }
+      chunk& c = w.inflight.front();
+      std::vector<item_failure> failed;
+      const char* values_at = nullptr;
+      std::size_t values_size = 0;
+      try {
+        reader r(w.body.data(), w.body.size());
+        const auto rh = r.read_value<result_header>();
+        if (rh.seq != c.seq || rh.count != c.count() || rh.errors_at < sizeof rh ||
+            rh.errors_at > w.body.size())
+          throw decode_error("procpool: a worker's answer does not match the chunk it was given");
+        reader er(w.body.data() + rh.errors_at, w.body.size() - rh.errors_at);
+        for (std::uint64_t k = 0; k < rh.errors; ++k) {
+          item_failure f;
+          f.local = er.read_value<std::uint64_t>();
+          f.type = get_string(er);
+          f.message = get_string(er);
+          if (f.local >= c.count() || (!failed.empty() && f.local <= failed.back().local))
+            throw decode_error("procpool: a worker's error records are corrupted");
+          failed.push_back(std::move(f));
+        }
+        values_at = r.position();
+        values_size = static_cast<std::size_t>(rh.errors_at - sizeof rh);
+      } catch (const decode_error&) {
+        const auto e = std::current_exception();
+        for (std::uint64_t i = 0; i < c.count(); ++i) c.owner->fail(c.base + i, e);
+        values_at = nullptr;
+      }
+      if (values_at) {
+        reader values(values_at, values_size);
+        c.owner->deliver(c.base, c.count(), failed, values);  // handles its own decode errors
+      }
+      c.owner->outstanding -= c.count();
+      w.inflight.pop_front();
+      --w.sent;
+      break;
+    }
+    case frame_kind::init_failed: {
+      reader r(w.body.data(), w.body.size());
+      std::string type = get_string(r), what = get_string(r);
+      break_pool(std::make_exception_ptr(initializer_error(
+          "procpool::Pool: the initializer threw " + type + ": " + what +
+          " in worker " + std::to_string(w.pid) + "; fix it and create a new Pool")));
+      break;
+    }
+    case frame_kind::bye: {
+      // The worker exits right after saying so: reap it now.
+      const auto status = wait_pid(w.pid, true);
+      on_death(w, exitcode_from_status(*status));
+      break;
+    }
+    default:
+      send_signal(w.pid, SIGKILL);
+      w.corrupt = true;
+  }
+}
+
+inline bool engine::next_chunk(worker& w, chunk& c) {
+  const std::size_t limit = w.budget;
+  if (!requeued_.empty()) {
+    chunk& r = requeued_.front();
+    if (r.count() <= limit) {
+      c = std::move(r);
+      requeued_.pop_front();
+    } else {
+      // Split to fit the worker's remaining budget.
+      chunk head;
+      head.owner = r.owner;
+      head.base = r.base;
+      head.attempts = r.attempts;
+      const std::uint32_t cut = r.offsets[limit];
+      head.msg.grow(chunk::items_at);
+      head.msg.append(r.msg.data() + chunk::items_at, cut);
+      head.offsets.assign(r.offsets.begin(), r.offsets.begin() + static_cast<long>(limit) + 1);
+      chunk tail;
+      tail.owner = r.owner;
+      tail.base = r.base + limit;
+      tail.attempts = r.attempts;
+      tail.msg.grow(chunk::items_at);
+      tail.msg.append(r.msg.data() + chunk::items_at + cut, r.offsets.back() - cut);
+      for (std::size_t k = limit; k < r.offsets.size(); ++k) tail.offsets.push_back(r.offsets[k] - cut);
+      requeued_.front() = std::move(tail);
+      c = std::move(head);
+    }
+    return true;
+  }
+  for (auto it = jobs_.begin(); it != jobs_.end();) {
+    job& j = **it;
+    if (j.aborted || j.input_done()) {
+      it = jobs_.erase(it);
+      continue;
+    }
+    c.msg.clear();
+    c.offsets.clear();
+    c.msg.grow(chunk::items_at);
+    const std::size_t n = j.next_items(c.msg, c.offsets, std::min(limit, j.chunksize), c.base);
+    if (n == 0) {
+      ++it;
+      continue;
+    }
+    c.offsets.push_back(static_cast<std::uint32_t>(c.msg.size() - chunk::items_at));
+    c.owner = *it;
+    c.attempts = 0;
+    j.outstanding += n;
+    return true;
+  }
+  return false;
+}
+
+inline bool engine::dispatch() {
+  if (broken_) return false;
+  bool progress = false;
+  for (auto& w : workers_) {
+    if (w.pid == 0 || w.stop_queued) continue;
+    while (w.inflight.size() < 2 && w.budget > 0) {
+      chunk c;
+      if (!next_chunk(w, c)) break;
+      c.seq = next_seq_++;
+      const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
+                            c.msg.size() - sizeof(frame_header)};
+      const task_header th{c.owner->runner, c.seq, c.count()};
+      std::memcpy(c.msg.data(), &fh, sizeof fh);
+      std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
+      w.budget -= c.count();
+      w.inflight.push_back(std::move(c));
+      progress = true;
+    }
+    if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
+  }
+  for (auto& w : workers_) flush(w);
+  return progress;
+}
+
+inline void engine::flush(worker& w) {
+  if (w.pid == 0) return;
+  bool wrote = false;
+  while (w.sent < w.inflight.size()) {
+    const byte_buffer& m = w.inflight[w.sent].msg;
+    const std::size_t n = w.tasks.write_some(m.data() + w.send_off, m.size() - w.send_off);
+    wrote |= n > 0;
+    w.send_off += n;
+    if (w.send_off < m.size()) break;
+    ++w.sent;
+    w.send_off = 0;
+  }
+  if (w.stop_queued && !w.stop_sent && w.sent == w.inflight.size() &&
+      w.tasks.writable() >= sizeof(frame_header)) {
+    const frame_header h{frame_magic, static_cast<std::uint32_t>(frame_kind::stop), 0};
+    w.tasks.write_some(reinterpret_cast<const char*>(&h), sizeof h);
+    w.stop_sent = wrote = true;
+  }
+  if (wrote) slot(w.slot)->worker_ev.notify();
+}
+
+inline void engine::check_workers() {
+  const std::int64_t now = monotonic_ns();
+  const std::int64_t limit =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.task_timeout).count();
+  for (auto& w : workers_) {
+    if (w.pid == 0) continue;
+    if (limit > 0 && !w.timed_out) {
+      slot_shared* s = slot(w.slot);
+      const std::uint64_t seq = s->running_seq.load(std::memory_order_acquire);
+      const std::int64_t since = s->running_since.load(std::memory_order_relaxed);
+      if (seq != 0 && now - since > limit && s->running_seq.load() == seq) {
+        w.timed_out = true;
+        send_signal(w.pid, SIGKILL);
+      }
+    }
+    if (auto status = wait_pid(w.pid, w.timed_out)) on_death(w, exitcode_from_status(*status));
+  }
+}
+
+/// Worker @p w has ended. Read what it finished, fail the item it was running
+/// (or retry it), requeue the rest, and start a replacement.
+inline void engine::on_death(worker& w, int exitcode) {
+  const pid_t pid = w.pid;
+  drain(w);  // complete messages it wrote before dying still count
+  w.pid = 0;
+  slot_shared* s = slot(w.slot);
+  if (opts_.initializer && !s->ready.load() && !broken_) {
+    break_pool(std::make_exception_ptr(initializer_error(
+        "procpool::Pool: worker " + std::to_string(pid) + " " + describe_exitcode(exitcode) +
+        " before it was ready (in the initializer?); fix it and create a new Pool")));
+  }
+  const std::uint64_t blamed_seq = s->running_seq.load();
+  const std::uint64_t blamed_item = s->running_item.load();
+  // Requeue in order at the front, so that imap's order suffers least.
+  std::deque<chunk> mine = std::move(w.inflight);
+  w.inflight.clear();
+  for (auto it = mine.rbegin(); it != mine.rend(); ++it) {
+    chunk& c = *it;
+    if (c.seq == blamed_seq && blamed_seq != 0 && blamed_item < c.count()) {
+      const std::uint64_t index = c.base + blamed_item;
+      requeue(c, blamed_item + 1, c.count());
+      if (c.attempts < opts_.retries) {
+        chunk one;
+        one.owner = c.owner;
+        one.base = index;
+        one.attempts = c.attempts + 1;
+        one.msg.grow(chunk::items_at);
+        one.msg.append(c.msg.data() + chunk::items_at + c.offsets[blamed_item],
+                       c.offsets[blamed_item + 1] - c.offsets[blamed_item]);
+        one.offsets = {0, c.offsets[blamed_item + 1] - c.offsets[blamed_item]};
+        requeued_.push_front(std::move(one));
+      } else {
+        const std::string what = "procpool: worker " + std::to_string(pid) + " " +
+                                 (w.timed_out ? "ran past task_timeout (" +
+                                                    std::to_string(opts_.task_timeout.count()) +
+                                                    " ms) and was killed"
+                                              : describe_exitcode(exitcode)) +
+                                 " while running item " + std::to_string(index);
+        if (w.timed_out)
+          c.owner->fail(index, std::make_exception_ptr(task_timeout(index, pid, exitcode, what)));
+        else
+          c.owner->fail(index, std::make_exception_ptr(worker_lost(index, pid, exitcode, what)));
+        --c.owner->outstanding;
+      }
+      requeue(c, 0, blamed_item);
+    } else {
+      requeue(c, 0, c.count());
+    }
+  }
+  // Replace it while there is work to do or the pool takes new work.
+  if (!broken_ && (state_ == state::running || (state_ == state::closed && !all_done())))
+    spawn_worker(w);
+}
+
+/// Puts items [from, to) of @p c at the front of the requeue list.
+inline void engine::requeue(const chunk& c, std::uint64_t from, std::uint64_t to) {
+  if (from >= to) return;
+  chunk r;
+  r.owner = c.owner;
+  r.base = c.base + from;
+  r.attempts = c.attempts;
+  const std::uint32_t a = c.offsets[from], b = c.offsets[to];
+  r.msg.grow(chunk::items_at);
+  r.msg.append(c.msg.data() + chunk::items_at + a, b - a);
+  for (std::uint64_t k = from; k <= to; ++k) r.offsets.push_back(c.offsets[k] - a);
+  requeued_.push_front(std::move(r));
+}
+
+inline void engine::break_pool(std::exception_ptr e) {
+  broken_ = e;
+  for (auto& j : jobs_) j->abort(e);
+  for (auto& w : workers_)
+    for (auto& c : w.inflight) c.owner->abort(e);
+  for (auto& c : requeued_) c.owner->abort(e);
+  jobs_.clear();
+  requeued_.clear();
+}
+
+inline bool engine::all_done() const {
+  if (!jobs_.empty() || !requeued_.empty()) return false;
+  for (const auto& w : workers_)
+    if (!w.inflight.empty()) return false;
+  return true;
+}
+
+inline void engine::close() {
+  std::lock_guard lk(m_);
+  if (state_ == state::running) state_ = state::closed;
+}
+
+inline void engine::join() {
+  {
+    std::lock_guard lk(m_);
+    if (state_ == state::running)
+      throw usage_error("procpool::Pool::join: call close() or terminate() first");
+    if (state_ != state::closed) return;
+  }
+  // Finish everything submitted, then stop the workers and reap them.
+  run_until([this] {
+    if (!broken_ && !all_done()) return false;
+    bool alive = false;
+    for (auto& w : workers_) {
+      if (w.pid == 0) continue;
+      alive = true;
+      if (!w.stop_queued) {
+        w.stop_queued = true;
+        flush(w);
+      }
+    }
+    return !alive;
+  });
+  std::lock_guard lk(m_);
+  state_ = state::joined;
+}
+
+inline void engine::terminate() noexcept {
+  std::unique_lock lk(m_);
+  cv_.wait(lk, [this] { return !pumping_; });
+  if (state_ == state::terminated || state_ == state::joined) return;
+  state_ = state::terminated;
+  for (auto& w : workers_)
+    if (w.pid) send_signal(w.pid, SIGKILL);
+  for (auto& w : workers_) {
+    if (w.pid == 0) continue;
+    try {
+      wait_pid(w.pid, true);
+    } catch (...) {
+    }
+    w.pid = 0;
+  }
+  auto e = std::make_exception_ptr(
+      pool_terminated("procpool::Pool: the pool was terminated before this item finished"));
+  for (auto& j : jobs_) j->abort(e);
+  for (auto& w : workers_)
+    for (auto& c : w.inflight) c.owner->abort(e);
+  for (auto& c : requeued_) c.owner->abort(e);
+  jobs_.clear();
+  requeued_.clear();
+  for (auto& w : workers_) w.inflight.clear();
+  cv_.notify_all();
+}
+
+inline std::vector<pid_t> engine::pids() {
+  std::lock_guard lk(m_);
+  std::vector<pid_t> r;
+  for (auto& w : workers_)
+    if (w.pid) r.push_back(w.pid);
+  return r;
+}
+
+}  // namespace procpool::detail

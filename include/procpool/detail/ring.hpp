@@ -1,0 +1,151 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The pool's queues: single-producer/single-consumer byte rings in anonymous
+// shared memory, and a lock-free event to sleep on.
+//
+// Why not boost::interprocess::message_queue: it guards its queue with an
+// interprocess mutex, and a worker killed while holding it leaves the parent
+// blocked forever (boostorg/interprocess issues 163 and 226). Here nothing is
+// ever locked: each ring has one writer and one reader that only publish
+// monotonic positions with atomic stores, so a process can die at any instant
+// without leaving the other side stuck, and the parent knows from the ring
+// which messages a dead worker had not answered. Boost.Interprocess still maps
+// the memory (anonymous_shared_memory, in pool.hpp).
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "posix.hpp"
+
+namespace procpool::detail {
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+/// An event count: a waiter sleeps until notified, with no lock, so a process
+/// that dies mid-call leaves nothing held. notify() costs a fence and a load
+/// unless someone sleeps, so producers can call it on every publish.
+///
+/// Waiter:   auto e = ev.prepare(); if (!ready()) ev.wait(e, timeout); ev.retire();
+/// Notifier: publish(); ev.notify();
+struct alignas(64) event {
+  std::atomic<std::uint32_t> epoch{0};
+  std::atomic<std::uint32_t> waiters{0};
+
+  std::uint32_t prepare() noexcept {
+    waiters.fetch_add(1, std::memory_order_seq_cst);
+    return epoch.load(std::memory_order_seq_cst);
+  }
+  void wait(std::uint32_t seen, std::int64_t timeout_ns) noexcept {
+    futex_wait(&epoch, seen, timeout_ns);
+  }
+  void retire() noexcept { waiters.fetch_sub(1, std::memory_order_relaxed); }
+  void notify() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (waiters.load(std::memory_order_relaxed) != 0) {
+      epoch.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake_all(&epoch);
+    }
+  }
+};
+
+/// The shared half of a ring: positions count bytes ever written and read.
+struct ring_control {
+  alignas(64) std::atomic<std::uint64_t> head{0};  // written by the producer
+  alignas(64) std::atomic<std::uint64_t> tail{0};  // written by the consumer
+};
+
+/// One process's view of a ring (capacity a power of two). Each side keeps a
+/// cached copy of the other side's position to touch its cache line less.
+class byte_ring {
+ public:
+  byte_ring() = default;
+  byte_ring(ring_control* c, char* data, std::size_t capacity) noexcept
+      : c_(c), data_(data), mask_(capacity - 1) {}
+
+  std::size_t capacity() const noexcept { return mask_ + 1; }
+
+  // ---- producer side
+  /// Bytes that can be written now.
+  std::size_t writable() noexcept {
+    const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
+    if (head - tail_cache_ == capacity()) tail_cache_ = c_->tail.load(std::memory_order_acquire);
+    return capacity() - static_cast<std::size_t>(head - tail_cache_);
+  }
+  /// Writes up to @p n bytes; returns how many.
+  std::size_t write_some(const char* p, std::size_t n) noexcept {
+    std::size_t free = writable();
+    if (free < n) {
+      tail_cache_ = c_->tail.load(std::memory_order_acquire);
+      free = writable();
+    }
+    n = n < free ? n : free;
+    if (n == 0) return 0;
+    const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
+    copy_in(static_cast<std::size_t>(head) & mask_, p, n);
+    c_->head.store(head + n, std::memory_order_release);
+    return n;
+  }
+
+  // ---- consumer side
+  /// Bytes that can be read now.
+  std::size_t readable() noexcept {
+    const std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
+    if (head_cache_ == tail) head_cache_ = c_->head.load(std::memory_order_acquire);
+    return static_cast<std::size_t>(head_cache_ - tail);
+  }
+  /// Copies @p n readable bytes without consuming them.
+  void peek(char* p, std::size_t n) const noexcept {
+    copy_out(static_cast<std::size_t>(c_->tail.load(std::memory_order_relaxed)) & mask_, p, n);
+  }
+  /// Reads up to @p n bytes; returns how many.
+  std::size_t read_some(char* p, std::size_t n) noexcept {
+    std::size_t avail = readable();
+    if (avail < n) {
+      head_cache_ = c_->head.load(std::memory_order_acquire);
+      avail = readable();
+    }
+    n = n < avail ? n : avail;
+    if (n == 0) return 0;
+    const std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
+    copy_out(static_cast<std::size_t>(tail) & mask_, p, n);
+    c_->tail.store(tail + n, std::memory_order_release);
+    return n;
+  }
+
+  /// Empties the ring. Only when the other side is dead or not yet started.
+  void reset() noexcept {
+    c_->head.store(0, std::memory_order_relaxed);
+    c_->tail.store(0, std::memory_order_relaxed);
+    head_cache_ = tail_cache_ = 0;
+  }
+
+ private:
+  void copy_in(std::size_t at, const char* p, std::size_t n) noexcept {
+    const std::size_t first = n < capacity() - at ? n : capacity() - at;
+    std::memcpy(data_ + at, p, first);
+    if (n > first) std::memcpy(data_, p + first, n - first);
+  }
+  void copy_out(std::size_t at, char* p, std::size_t n) const noexcept {
+    const std::size_t first = n < capacity() - at ? n : capacity() - at;
+    std::memcpy(p, data_ + at, first);
+    if (n > first) std::memcpy(p + first, data_, n - first);
+  }
+
+  ring_control* c_ = nullptr;
+  char* data_ = nullptr;
+  std::size_t mask_ = 0;
+  std::uint64_t head_cache_ = 0;  // consumer's copy of head
+  std::uint64_t tail_cache_ = 0;  // producer's copy of tail
+};
+
+}  // namespace procpool::detail

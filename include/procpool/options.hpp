@@ -1,0 +1,46 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+/// @file options.hpp
+/// Options of Pool and of its map-like calls.
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+
+namespace procpool {
+
+/// How a Pool is built. Designated initializers read best:
+/// @code
+/// procpool::Pool pool(f, procpool::pool_options{.processes = 4, .max_tasks_per_child = 1000});
+/// @endcode
+struct pool_options {
+  /// Worker processes; 0 means cpu_count().
+  std::size_t processes = 0;
+  /// Called once in each worker before its first task (and in each replacement).
+  /// If it throws, the pool cannot run tasks: every call fails with initializer_error.
+  std::function<void()> initializer = {};
+  /// A worker that has run this many items exits and is replaced; 0 means never.
+  std::size_t max_tasks_per_child = 0;
+  /// An item running longer than this has its worker killed and replaced, and
+  /// fails with task_timeout; 0 means no limit.
+  std::chrono::milliseconds task_timeout{0};
+  /// How many times an item whose worker died is run again on another worker
+  /// before it fails with worker_lost.
+  unsigned retries = 0;
+  /// Bytes of shared memory per worker and direction (rounded up to a power of
+  /// two, at least 4 KiB). Messages of any size stream through it in pieces; the
+  /// pool maps 2 * processes * queue_bytes in all.
+  std::size_t queue_bytes = std::size_t{1} << 20;
+};
+
+/// Options of map, imap, imap_unordered, starmap and their _async forms.
+struct map_options {
+  /// Items sent to a worker at a time. 0 picks one: for map, Python's rule
+  /// (len / (4 * processes), rounded up); for imap, the same capped at 256 so
+  /// that results flow and memory in flight stays bounded.
+  std::size_t chunksize = 0;
+};
+
+}  // namespace procpool

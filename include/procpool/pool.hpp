@@ -1,0 +1,767 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+/// @file pool.hpp
+/// procpool::Pool, Python's multiprocessing.Pool with C++ types.
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <iterator>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "codec.hpp"
+#include "detail/engine.hpp"
+#include "errors.hpp"
+#include "options.hpp"
+
+namespace procpool {
+
+/// One item's outcome: its value, or the exception it failed with
+/// (task_error, worker_lost, task_timeout, ...). What try_map returns.
+template <class T>
+class outcome {
+ public:
+  outcome(T value) : v_(std::in_place_index<0>, std::move(value)) {}
+  outcome(std::exception_ptr e) : v_(std::in_place_index<1>, std::move(e)) {}
+
+  /// True when the item produced a value.
+  bool ok() const noexcept { return v_.index() == 0; }
+  explicit operator bool() const noexcept { return ok(); }
+  /// The value; rethrows the item's exception when it failed.
+  T& value() & {
+    if (!ok()) std::rethrow_exception(std::get<1>(v_));
+    return std::get<0>(v_);
+  }
+  const T& value() const& {
+    if (!ok()) std::rethrow_exception(std::get<1>(v_));
+    return std::get<0>(v_);
+  }
+  T&& value() && { return std::move(value()); }
+  /// The exception, or nullptr when ok().
+  std::exception_ptr error() const noexcept { return ok() ? nullptr : std::get<1>(v_); }
+
+ private:
+  std::variant<T, std::exception_ptr> v_;
+};
+
+namespace detail {
+
+// Ranges are taken through std::begin/std::end rather than std::ranges, which
+// clang 14 cannot compile with libstdc++ 12; std::views still work with g++.
+
+/// Anything a range-for loop accepts.
+template <class R>
+concept input_range = requires(R& r) {
+  std::begin(r);
+  std::end(r);
+};
+
+template <class R>
+using range_value_t = std::remove_cvref_t<std::iter_value_t<decltype(std::begin(std::declval<R&>()))>>;
+
+/// Holds an input range for the life of a job: a pointer to an lvalue range
+/// (which must outlive the call, as for a range-for loop), the object itself
+/// for an rvalue.
+template <class R>
+class range_holder {
+ public:
+  explicit range_holder(R&& r) : r_(std::move(r)) {}
+  auto begin() { return std::begin(r_); }
+  auto end() { return std::end(r_); }
+  /// The number of items when the range knows it, else 0.
+  std::size_t size_hint() {
+    if constexpr (requires { std::size(r_); })
+      return static_cast<std::size_t>(std::size(r_));
+    else
+      return 0;
+  }
+
+ private:
+  R r_;
+};
+
+template <class R>
+class range_holder<R&> {
+ public:
+  explicit range_holder(R& r) : r_(&r) {}
+  auto begin() { return std::begin(*r_); }
+  auto end() { return std::end(*r_); }
+  std::size_t size_hint() {
+    if constexpr (requires { std::size(*r_); })
+      return static_cast<std::size_t>(std::size(*r_));
+    else
+      return 0;
+  }
+
+ private:
+  R* r_;
+};
+
+template <class R>
+range_holder<R> hold(R&& r) {
+  return range_holder<R>(std::forward<R>(r));
+}
+
+/// apply_async's one item.
+template <class T>
+struct single_range {
+  T value;
+  T* begin() { return &value; }
+  T* end() { return &value + 1; }
+};
+
+enum class call_style { unary, apply };
+
+template <class F, class Arg, call_style S>
+decltype(auto) call(F& f, Arg&& a) {
+  if constexpr (S == call_style::unary)
+    return std::invoke(f, std::move(a));
+  else
+    return std::apply(f, std::move(a));
+}
+
+template <class F, class Arg, call_style S>
+using call_result_t =
+    std::remove_cvref_t<decltype(call<F, Arg, S>(std::declval<F&>(), std::declval<Arg&&>()))>;
+
+/// void results travel as std::monostate (one byte, never looked at).
+template <class R>
+using stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+
+/// Runs one chunk in a worker: decodes each argument, calls F, encodes the
+/// result or records the exception. Instantiated in the parent; its address
+/// crosses to the worker, where (being a fork) it is the same function.
+template <class F, class Arg, call_style S>
+void run_chunk(void* fp, task_context& t) {
+  F& f = *static_cast<F*>(fp);
+  using R = call_result_t<F, Arg, S>;
+  for (std::uint64_t i = 0; i < t.count; ++i) {
+    t.begin_item(i);  // before decoding, so a crash in a user load() is blamed on the item
+    std::optional<Arg> arg;
+    try {
+      arg.emplace(decode<Arg>(t.items));
+    } catch (...) {
+      // The rest of the chunk cannot be found without this item's length.
+      for (; i < t.count; ++i) t.fail_current(i);
+      t.end_item();
+      return;
+    }
+    const std::size_t mark = t.values.size();
+    try {
+      if constexpr (std::is_void_v<R>)
+        call<F, Arg, S>(f, std::move(*arg));
+      else
+        encode<R>(t.values, call<F, Arg, S>(f, std::move(*arg)));
+    } catch (...) {
+      t.values.resize(mark);
+      t.fail_current(i);
+    }
+    t.end_item();
+  }
+}
+
+/// A job whose results are stored by subclasses through store()/store_error().
+template <class R>
+class result_job : public job {
+ public:
+  void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
+               reader& values) override {
+    std::size_t e = 0;
+    for (std::uint64_t i = 0; i < count; ++i) {
+      const std::uint64_t index = base + i;
+      if (e < failed.size() && failed[e].local == i) {
+        store_error(index, std::make_exception_ptr(
+                               task_error(index, failed[e].type, failed[e].message)));
+        ++e;
+        continue;
+      }
+      try {
+        if constexpr (std::is_same_v<R, std::monostate>)
+          store(index, R{});
+        else
+          store(index, decode<R>(values));
+      } catch (const decode_error&) {
+        for (; i < count; ++i) store_error(base + i, std::current_exception());
+        return;
+      }
+    }
+  }
+  void fail(std::uint64_t index, std::exception_ptr e) override { store_error(index, std::move(e)); }
+
+ protected:
+  virtual void store(std::uint64_t index, R&& value) = 0;
+  virtual void store_error(std::uint64_t index, std::exception_ptr e) = 0;
+};
+
+/// Results gathered into a vector, for map, map_async, starmap, apply_async, try_map.
+template <class R>
+class collect_job : public result_job<R> {
+ public:
+  using slot_type = std::conditional_t<std::default_initializable<R>, R, std::optional<R>>;
+
+  void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
+               reader& values) override {
+    if constexpr (bitwise<R> && std::default_initializable<R>) {
+      // The common case, one block: copy it straight into place.
+      if (failed.empty() && values.remaining() == count * sizeof(R)) {
+        grow_to(base + count);
+        values.read(values_.data() + base, count * sizeof(R));
+        return;
+      }
+    }
+    result_job<R>::deliver(base, count, failed, values);
+  }
+  void abort(std::exception_ptr e) override {
+    if (!this->aborted) abort_error_ = std::move(e);
+    this->aborted = true;
+  }
+
+  /// The values, by index; throws the error of the lowest failing index.
+  std::vector<R> take_values() {
+    if (abort_error_) std::rethrow_exception(abort_error_);
+    if (!errors_.empty()) {
+      auto it = std::min_element(errors_.begin(), errors_.end(),
+                                 [](auto& a, auto& b) { return a.first < b.first; });
+      std::rethrow_exception(it->second);
+    }
+    if constexpr (std::is_same_v<slot_type, R>) {
+      return std::move(values_);
+    } else {
+      std::vector<R> out;
+      out.reserve(values_.size());
+      for (auto& v : values_) out.push_back(std::move(*v));
+      return out;
+    }
+  }
+  /// Every item's outcome (try_map).
+  std::vector<outcome<R>> take_outcomes() {
+    if (abort_error_) std::rethrow_exception(abort_error_);
+    std::vector<std::exception_ptr> err(values_.size());
+    for (auto& [i, e] : errors_) {
+      if (i >= err.size()) err.resize(i + 1);
+      err[i] = e;
+    }
+    std::vector<outcome<R>> out;
+    out.reserve(err.size());
+    for (std::size_t i = 0; i < err.size(); ++i) {
+      if (err[i])
+        out.emplace_back(err[i]);
+      else if constexpr (std::is_same_v<slot_type, R>)
+        out.emplace_back(std::move(values_[i]));
+      else
+        out.emplace_back(std::move(*values_[i]));
+    }
+    return out;
+  }
+  void reserve(std::size_t n) { values_.reserve(n); }
+
+ protected:
+  void store(std::uint64_t index, R&& value) override {
+    grow_to(index + 1);
+    values_[index] = std::move(value);
+  }
+  void store_error(std::uint64_t index, std::exception_ptr e) override {
+    grow_to(index + 1);
+    errors_.emplace_back(index, std::move(e));
+  }
+
+ private:
+  void grow_to(std::uint64_t n) {
+    if (values_.size() < n) values_.resize(static_cast<std::size_t>(n));
+  }
+  std::vector<slot_type> values_;
+  std::vector<std::pair<std::uint64_t, std::exception_ptr>> errors_;
+  std::exception_ptr abort_error_;  // the pool was terminated or broke
+};
+
+/// Results handed out one by one as they come (imap) or in order (imap, ordered).
+/// At most `window` items are in flight or waiting to be read, so memory stays bounded.
+template <class R, bool Ordered>
+class stream_job : public result_job<R> {
+ public:
+  explicit stream_job(std::size_t window) : window_(window) {}
+
+  bool accepting(std::uint64_t next_index) const { return next_index - consumed_ < window_; }
+  /// True when next() has something (a value, an error, or the end).
+  bool has_next() const {
+    if (aborted_error_) return true;
+    if constexpr (Ordered)
+      return !pending_.empty() && pending_.begin()->first == next_;
+    else
+      return !ready_.empty();
+  }
+  bool finished() const { return this->complete() && !has_next(); }
+  /// Takes the next outcome; call when has_next().
+  outcome<R> next() {
+    ++consumed_;
+    if constexpr (Ordered) {
+      if (!pending_.empty() && pending_.begin()->first == next_) {
+        auto node = pending_.extract(pending_.begin());
+        ++next_;
+        return std::move(node.mapped());
+      }
+    } else {
+      if (!ready_.empty()) {
+        outcome<R> o = std::move(ready_.front());
+        ready_.pop_front();
+        return o;
+      }
+    }
+    return outcome<R>(aborted_error_);
+  }
+  void abort(std::exception_ptr e) override {
+    if (!this->aborted) aborted_error_ = std::move(e);
+    this->aborted = true;
+  }
+  /// The reader went away: stop handing out input.
+  void cancel() { this->aborted = true; }
+
+ protected:
+  void store(std::uint64_t index, R&& value) override { put(index, outcome<R>(std::move(value))); }
+  void store_error(std::uint64_t index, std::exception_ptr e) override {
+    put(index, outcome<R>(std::move(e)));
+  }
+
+ private:
+  void put(std::uint64_t index, outcome<R>&& o) {
+    if constexpr (Ordered)
+      pending_.emplace(index, std::move(o));
+    else
+      ready_.push_back(std::move(o));
+  }
+  std::size_t window_;
+  std::uint64_t consumed_ = 0;
+  std::uint64_t next_ = 0;
+  std::map<std::uint64_t, outcome<R>> pending_;
+  std::deque<outcome<R>> ready_;
+  std::exception_ptr aborted_error_;
+};
+
+/// Feeds a job from an input view, encoding items as chunks are requested.
+template <class Base, class View, class Arg>
+class input_job final : public Base {
+ public:
+  template <class... BaseArgs>
+  explicit input_job(View view, BaseArgs&&... base_args)
+      : Base(std::forward<BaseArgs>(base_args)...),
+        view_(std::move(view)),
+        it_(std::begin(view_)) {
+    done_ = it_ == std::end(view_);
+  }
+
+  std::size_t next_items(byte_buffer& out, std::vector<std::uint32_t>& offsets, std::size_t max,
+                         std::uint64_t& base) override {
+    const std::size_t start = out.size();
+    base = next_;
+    std::size_t n = 0;
+    // A chunk stays under 1 GiB (offsets are 32-bit) unless one item alone is larger.
+    constexpr std::size_t max_chunk_bytes = std::size_t{1} << 30;
+    while (n < max && !done_ && accepting() && (n == 0 || out.size() - start < max_chunk_bytes)) {
+      offsets.push_back(static_cast<std::uint32_t>(out.size() - start));
+      encode<Arg>(out, static_cast<const Arg&>(*it_));
+      ++it_;
+      ++n;
+      ++next_;
+      done_ = it_ == std::end(view_);
+    }
+    if (out.size() - start > std::numeric_limits<std::uint32_t>::max())
+      throw usage_error("procpool: one item encodes to over 4 GiB; split it");
+    return n;
+  }
+  bool input_done() const override { return done_; }
+
+ private:
+  bool accepting() const {
+    if constexpr (requires(const Base& b) { b.accepting(std::uint64_t{}); })
+      return Base::accepting(next_);
+    else
+      return true;
+  }
+  View view_;
+  decltype(std::begin(std::declval<View&>())) it_;
+  std::uint64_t next_ = 0;
+  bool done_ = false;
+};
+
+}  // namespace detail
+
+/// The pending result of apply_async or map_async (Python's AsyncResult).
+/// The work runs as soon as workers are free; get() or wait() also drive it.
+template <class T>
+class async_result {
+ public:
+  /// Waits for the result and returns it; throws the task's error
+  /// (for map_async, the error of the lowest failing index). Call once.
+  T get();
+  /// Waits until the result is ready.
+  void wait() { eng_->run_until([this] { return job_->complete(); }); }
+  /// Waits at most @p timeout; true when ready.
+  template <class Rep, class Period>
+  bool wait_for(std::chrono::duration<Rep, Period> timeout) {
+    return eng_->run_until(
+        [this] { return job_->complete(); },
+        detail::monotonic_ns() +
+            std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count());
+  }
+  /// True when the result (or error) is there; does not wait.
+  bool ready() { return wait_for(std::chrono::nanoseconds(0)); }
+
+ private:
+  template <class>
+  friend class Pool;
+  async_result(std::shared_ptr<detail::engine> eng, std::shared_ptr<detail::job> job,
+               std::function<T()> take)
+      : eng_(std::move(eng)), job_(std::move(job)), take_(std::move(take)) {}
+
+  std::shared_ptr<detail::engine> eng_;
+  std::shared_ptr<detail::job> job_;
+  std::function<T()> take_;  // moves the value out of the job; under the engine's lock
+  bool taken_ = false;
+};
+
+/// The results of imap / imap_unordered: an input range, read lazily.
+/// Dereferencing an iterator at an item that failed throws that item's error;
+/// incrementing past it goes on with the next. Destroying the range stops
+/// feeding work (what is in flight finishes and is dropped).
+template <class R, bool Ordered>
+class imap_range {
+  using job_type = detail::stream_job<R, Ordered>;
+
+ public:
+  class iterator {
+   public:
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    /// The item's value; throws its error if it failed.
+    R& operator*() const { return range_->value(); }
+    R* operator->() const { return &**this; }
+    iterator& operator++() {
+      range_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return range_->at_end(); }
+
+   private:
+    friend class imap_range;
+    explicit iterator(imap_range* r) : range_(r) {}
+    imap_range* range_ = nullptr;
+  };
+
+  imap_range(imap_range&&) noexcept = default;
+  imap_range& operator=(imap_range&&) noexcept = default;
+  ~imap_range() {
+    if (job_) eng_->locked([&] { job_->cancel(); });
+  }
+
+  /// Waits for the first result. Call once.
+  iterator begin() {
+    advance();
+    return iterator(this);
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  template <class>
+  friend class Pool;
+  imap_range(std::shared_ptr<detail::engine> eng, std::shared_ptr<job_type> job)
+      : eng_(std::move(eng)), job_(std::move(job)) {}
+
+  bool at_end() const noexcept { return !current_; }
+  R& value() { return current_->value(); }
+  void advance() {
+    current_.reset();
+    eng_->run_until([this] { return job_->has_next() || job_->finished(); });
+    eng_->locked([this] {
+      if (job_->has_next()) current_.emplace(job_->next());
+    });
+  }
+
+  std::shared_ptr<detail::engine> eng_;
+  std::shared_ptr<job_type> job_;
+  std::optional<outcome<R>> current_;
+};
+
+/// A pool of worker processes running F (Python's multiprocessing.Pool).
+///
+/// The workers are forked when the Pool is built and inherit F through fork:
+/// a lambda with any captured state works, nothing is pickled. Arguments and
+/// results cross through queues in shared memory (see codec.hpp for the types
+/// that can). Every member may be called from any thread.
+///
+/// @code
+/// int square(int x) { return x * x; }
+///
+/// procpool::Pool pool(square, 4);
+/// std::vector<int> r = pool.map(std::vector<int>{1, 2, 3, 4, 5});   // {1, 4, 9, 16, 25}
+/// for (int y : pool.imap_unordered(std::views::iota(0, 1000))) use(y);
+/// auto fut = pool.apply_async(7);  // fut.get() == 49
+/// @endcode
+///
+/// Destroying a Pool terminates it, as Python's `with Pool() as p:` does: the
+/// workers are killed and reaped, and unfinished async results fail with
+/// pool_terminated. Call close() and join() first to let submitted work finish.
+template <class F>
+class Pool {
+ public:
+  /// Forks @p processes workers (0: cpu_count()).
+  explicit Pool(F f, std::size_t processes = 0)
+      : Pool(std::move(f), pool_options{.processes = processes}) {}
+  /// Forks the workers as @p options says.
+  Pool(F f, const pool_options& options)
+      : fn_(std::make_unique<F>(std::move(f))),
+        eng_(std::make_shared<detail::engine>(options, static_cast<void*>(fn_.get()))) {}
+
+  Pool(Pool&&) noexcept = default;
+  Pool& operator=(Pool&&) noexcept = default;
+  ~Pool() {
+    if (eng_) eng_->terminate();
+  }
+
+  /// F applied to every item of @p inputs, in input order (Python's Pool.map).
+  /// Takes any input range (vector, list, span, std::views::iota, ...).
+  /// @throws the error of the lowest failing index, after every other item ran.
+  /// @code
+  /// std::vector<double> r = pool.map(inputs, {.chunksize = 256});
+  /// @endcode
+  template <detail::input_range Range>
+  auto map(Range&& inputs, map_options options = {});
+
+  /// Like map, but never throws for an item: each item's value or error.
+  template <detail::input_range Range>
+  auto try_map(Range&& inputs, map_options options = {});
+
+  /// F(a, b, ...) for every tuple or pair (a, b, ...) of @p inputs, in order.
+  template <detail::input_range Range>
+  auto starmap(Range&& inputs, map_options options = {});
+
+  /// Results in input order, lazily: at most a few chunks per worker are in
+  /// flight or waiting, whatever the input's length.
+  /// @code
+  /// for (auto&& x : pool.imap(inputs)) std::cout << x << '\n';
+  /// @endcode
+  template <detail::input_range Range>
+  auto imap(Range&& inputs, map_options options = {});
+
+  /// Like imap, but in the order the results complete.
+  template <detail::input_range Range>
+  auto imap_unordered(Range&& inputs, map_options options = {});
+
+  /// F(args...) in a worker; returns at once.
+  /// @code
+  /// auto r = pool.apply_async(7);
+  /// int v = r.get();
+  /// @endcode
+  template <class... Args>
+  auto apply_async(Args&&... args);
+
+  /// map, returning at once; get() gives the vector.
+  template <detail::input_range Range>
+  auto map_async(Range&& inputs, map_options options = {});
+
+  /// starmap, returning at once.
+  template <detail::input_range Range>
+  auto starmap_async(Range&& inputs, map_options options = {});
+
+  /// No more work will be submitted; join() then finishes what was.
+  void close() { eng_->close(); }
+  /// Waits for submitted work to finish and the workers to exit. Call close() first.
+  void join() { eng_->join(); }
+  /// Kills the workers now; unfinished work fails with pool_terminated.
+  void terminate() { eng_->terminate(); }
+
+  /// The number of worker processes.
+  std::size_t size() const noexcept { return eng_->size(); }
+  /// The pids of the live workers (they change when workers are replaced).
+  std::vector<pid_t> pids() const { return eng_->pids(); }
+
+ private:
+  template <detail::call_style S, class Range>
+  static auto check_input();
+
+  template <class Job, detail::call_style S, class View, class Arg, class... JobArgs>
+  std::shared_ptr<Job> start(View&& view, std::size_t chunksize, JobArgs&&... job_args);
+
+  std::size_t auto_chunksize(std::size_t n, std::size_t cap) const {
+    const std::size_t per = 4 * size();
+    std::size_t c = n / per + (n % per ? 1 : 0);
+    return std::clamp<std::size_t>(c, 1, cap);
+  }
+
+  template <detail::call_style S, class Range>
+  auto collect(Range&& inputs, map_options options);
+
+  template <bool Ordered, class Range>
+  auto stream(Range&& inputs, map_options options);
+
+  std::unique_ptr<F> fn_;  // on the heap: its address is what forked workers call
+  std::shared_ptr<detail::engine> eng_;
+};
+
+// ---------------------------------------------------------------------------
+
+template <class T>
+T async_result<T>::get() {
+  wait();
+  return eng_->locked([&]() -> T {
+    if (taken_)
+      throw usage_error("procpool::async_result::get: the result was already taken; call get() once");
+    taken_ = true;
+    return take_();
+  });
+}
+
+template <class F>
+template <detail::call_style S, class Range>
+auto Pool<F>::check_input() {
+  using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
+  if constexpr (S == detail::call_style::unary)
+    static_assert(std::is_invocable_v<F&, Arg&&>,
+                  "procpool::Pool: the pool's function cannot be called with the input range's "
+                  "element type");
+  else
+    static_assert(requires(F& f, Arg&& a) { std::apply(f, std::move(a)); },
+                  "procpool::Pool::starmap: the pool's function cannot be called with the "
+                  "elements of the input's tuples");
+  detail::require_transferable<Arg>();
+  using R = detail::call_result_t<F, Arg, S>;
+  if constexpr (!std::is_void_v<R>) detail::require_transferable<R>();
+  return std::type_identity<Arg>{};
+}
+
+template <class F>
+template <class Job, detail::call_style S, class View, class Arg, class... JobArgs>
+std::shared_ptr<Job> Pool<F>::start(View&& view, std::size_t chunksize, JobArgs&&... job_args) {
+  using V = std::remove_cvref_t<View>;
+  auto j = std::make_shared<detail::input_job<Job, V, Arg>>(std::forward<View>(view),
+                                                            std::forward<JobArgs>(job_args)...);
+  j->runner = reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, S>);
+  j->chunksize = chunksize;
+  eng_->submit(j);
+  return j;
+}
+
+template <class F>
+template <detail::call_style S, class Range>
+auto Pool<F>::collect(Range&& inputs, map_options options) {
+  using Arg = typename decltype(check_input<S, Range>())::type;
+  using R = detail::stored_t<detail::call_result_t<F, Arg, S>>;
+  auto view = detail::hold(std::forward<Range>(inputs));
+  const std::size_t n = view.size_hint();
+  const std::size_t chunk =
+      options.chunksize ? options.chunksize : auto_chunksize(n, std::size_t{1} << 20);
+  auto j = start<detail::collect_job<R>, S, decltype(view), Arg>(std::move(view), chunk);
+  return j;
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::map(Range&& inputs, map_options options) {
+  auto j = collect<detail::call_style::unary>(std::forward<Range>(inputs), options);
+  eng_->run_until([&] { return j->complete(); });
+  auto values = eng_->locked([&] { return j->take_values(); });
+  using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
+  if constexpr (std::is_void_v<detail::call_result_t<F, Arg, detail::call_style::unary>>)
+    return;
+  else
+    return values;
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::try_map(Range&& inputs, map_options options) {
+  auto j = collect<detail::call_style::unary>(std::forward<Range>(inputs), options);
+  eng_->run_until([&] { return j->complete(); });
+  return eng_->locked([&] { return j->take_outcomes(); });
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::starmap(Range&& inputs, map_options options) {
+  auto j = collect<detail::call_style::apply>(std::forward<Range>(inputs), options);
+  eng_->run_until([&] { return j->complete(); });
+  auto values = eng_->locked([&] { return j->take_values(); });
+  using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
+  if constexpr (std::is_void_v<detail::call_result_t<F, Arg, detail::call_style::apply>>)
+    return;
+  else
+    return values;
+}
+
+template <class F>
+template <bool Ordered, class Range>
+auto Pool<F>::stream(Range&& inputs, map_options options) {
+  using Arg = typename decltype(check_input<detail::call_style::unary, Range>())::type;
+  using R = detail::stored_t<detail::call_result_t<F, Arg, detail::call_style::unary>>;
+  auto view = detail::hold(std::forward<Range>(inputs));
+  const std::size_t n = view.size_hint();
+  const std::size_t chunk = options.chunksize ? options.chunksize : auto_chunksize(n, 256);
+  const std::size_t window = std::max<std::size_t>(4 * size() * chunk, 64);
+  auto j = start<detail::stream_job<R, Ordered>, detail::call_style::unary, decltype(view), Arg>(
+      std::move(view), chunk, window);
+  return imap_range<R, Ordered>(eng_, std::move(j));
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::imap(Range&& inputs, map_options options) {
+  return stream<true>(std::forward<Range>(inputs), options);
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::imap_unordered(Range&& inputs, map_options options) {
+  return stream<false>(std::forward<Range>(inputs), options);
+}
+
+template <class F>
+template <class... Args>
+auto Pool<F>::apply_async(Args&&... args) {
+  using Arg = std::tuple<std::decay_t<Args>...>;
+  static_assert(requires(F& f, Arg&& a) { std::apply(f, std::move(a)); },
+                "procpool::Pool::apply_async: the pool's function cannot be called with these "
+                "arguments");
+  using R = detail::call_result_t<F, Arg, detail::call_style::apply>;
+  if constexpr (!std::is_void_v<R>) detail::require_transferable<R>();
+  detail::require_transferable<Arg>();
+  auto view = detail::single_range<Arg>{Arg(std::forward<Args>(args)...)};
+  auto j = start<detail::collect_job<detail::stored_t<R>>, detail::call_style::apply,
+                 decltype(view), Arg>(std::move(view), 1);
+  return async_result<R>(eng_, j, [j]() -> R {
+    auto values = j->take_values();
+    if constexpr (!std::is_void_v<R>) return std::move(values.front());
+  });
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::map_async(Range&& inputs, map_options options) {
+  using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
+  using R = detail::stored_t<detail::call_result_t<F, Arg, detail::call_style::unary>>;
+  auto j = collect<detail::call_style::unary>(std::forward<Range>(inputs), options);
+  return async_result<std::vector<R>>(eng_, j, [j] { return j->take_values(); });
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::starmap_async(Range&& inputs, map_options options) {
+  using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
+  using R = detail::stored_t<detail::call_result_t<F, Arg, detail::call_style::apply>>;
+  auto j = collect<detail::call_style::apply>(std::forward<Range>(inputs), options);
+  return async_result<std::vector<R>>(eng_, j, [j] { return j->take_values(); });
+}
+
+}  // namespace procpool
