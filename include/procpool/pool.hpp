@@ -147,28 +147,62 @@ template <class F, class Arg, call_style S>
 void run_chunk(void* fp, task_context& t) {
   F& f = *static_cast<F*>(fp);
   using R = call_result_t<F, Arg, S>;
-  for (std::uint64_t i = 0; i < t.count; ++i) {
-    t.begin_item(i);  // before decoding, so a crash in a user load() is blamed on the item
-    std::optional<Arg> arg;
+  if constexpr (bitwise<Arg> && (std::is_void_v<R> || bitwise<R>)) {
+    // Fixed-size arguments and results: read and write the blocks in place.
+    const char* src = nullptr;
     try {
-      arg.emplace(decode<Arg>(t.items));
+      src = t.items.take(static_cast<std::size_t>(t.count) * sizeof(Arg));
     } catch (...) {
-      // The rest of the chunk cannot be found without this item's length.
-      for (; i < t.count; ++i) t.fail_current(i);
-      t.end_item();
+      for (std::uint64_t i = 0; i < t.count; ++i) t.fail_current(i);
       return;
     }
-    const std::size_t mark = t.values.size();
-    try {
-      if constexpr (std::is_void_v<R>)
-        call<F, Arg, S>(f, std::move(*arg));
-      else
-        encode<R>(t.values, call<F, Arg, S>(f, std::move(*arg)));
-    } catch (...) {
-      t.values.resize(mark);
-      t.fail_current(i);
+    constexpr std::size_t rsize = std::is_void_v<R> ? 0 : sizeof(stored_t<R>);
+    const std::size_t at = t.values.size();
+    char* dst = t.values.grow(static_cast<std::size_t>(t.count) * rsize);
+    std::size_t done = 0;
+    for (std::uint64_t i = 0; i < t.count; ++i) {
+      t.begin_item(i);
+      Arg a;
+      std::memcpy(static_cast<void*>(&a), src + i * sizeof(Arg), sizeof(Arg));
+      try {
+        if constexpr (std::is_void_v<R>) {
+          call<F, Arg, S>(f, std::move(a));
+        } else {
+          const R r = call<F, Arg, S>(f, std::move(a));
+          std::memcpy(dst + done * rsize, static_cast<const void*>(&r), rsize);
+          ++done;
+        }
+      } catch (...) {
+        t.fail_current(i);
+      }
+      t.end_item();
     }
-    t.end_item();
+    t.values.resize(at + done * rsize);
+    return;
+  } else {
+    for (std::uint64_t i = 0; i < t.count; ++i) {
+      t.begin_item(i);  // before decoding, so a crash in a user load() is blamed on the item
+      std::optional<Arg> arg;
+      try {
+        arg.emplace(decode<Arg>(t.items));
+      } catch (...) {
+        // The rest of the chunk cannot be found without this item's length.
+        for (; i < t.count; ++i) t.fail_current(i);
+        t.end_item();
+        return;
+      }
+      const std::size_t mark = t.values.size();
+      try {
+        if constexpr (std::is_void_v<R>)
+          call<F, Arg, S>(f, std::move(*arg));
+        else
+          encode<R>(t.values, call<F, Arg, S>(f, std::move(*arg)));
+      } catch (...) {
+        t.values.resize(mark);
+        t.fail_current(i);
+      }
+      t.end_item();
+    }
   }
 }
 
@@ -209,6 +243,9 @@ class result_job : public job {
 template <class R>
 class collect_job : public result_job<R> {
  public:
+  /// @p expected: the number of items when known, to size the results once.
+  explicit collect_job(std::size_t expected = 0) { values_.reserve(expected); }
+
   using slot_type = std::conditional_t<std::default_initializable<R>, R, std::optional<R>>;
 
   void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
@@ -265,7 +302,6 @@ class collect_job : public result_job<R> {
     }
     return out;
   }
-  void reserve(std::size_t n) { values_.reserve(n); }
 
  protected:
   void store(std::uint64_t index, R&& value) override {
@@ -361,15 +397,32 @@ class input_job final : public Base {
     done_ = it_ == std::end(view_);
   }
 
-  std::size_t next_items(byte_buffer& out, std::vector<std::uint32_t>& offsets, std::size_t max,
-                         std::uint64_t& base) override {
+  std::size_t next_items(byte_buffer& out, std::vector<std::uint32_t>& offsets,
+                         std::uint32_t& stride, std::size_t max, std::uint64_t& base) override {
+    using It = decltype(it_);
+    using Sent = decltype(std::end(view_));
     const std::size_t start = out.size();
     base = next_;
     std::size_t n = 0;
+    if constexpr (bitwise<Arg>) {
+      stride = sizeof(Arg);
+      if constexpr (std::contiguous_iterator<It> && std::sized_sentinel_for<Sent, It> &&
+                    std::is_same_v<std::iter_value_t<It>, Arg>) {
+        // Contiguous trivially copyable input: the chunk is one block copy.
+        n = std::min<std::size_t>(max, static_cast<std::size_t>(std::end(view_) - it_));
+        while (n > 1 && !accepting_n(n)) n /= 2;
+        if (n == 0 || !accepting_n(n)) return 0;
+        out.append(std::to_address(it_), n * sizeof(Arg));
+        it_ += static_cast<std::iter_difference_t<It>>(n);
+        next_ += n;
+        done_ = it_ == std::end(view_);
+        return n;
+      }
+    }
     // A chunk stays under 1 GiB (offsets are 32-bit) unless one item alone is larger.
     constexpr std::size_t max_chunk_bytes = std::size_t{1} << 30;
-    while (n < max && !done_ && accepting() && (n == 0 || out.size() - start < max_chunk_bytes)) {
-      offsets.push_back(static_cast<std::uint32_t>(out.size() - start));
+    while (n < max && !done_ && accepting_n(1) && (n == 0 || out.size() - start < max_chunk_bytes)) {
+      if (!stride) offsets.push_back(static_cast<std::uint32_t>(out.size() - start));
       encode<Arg>(out, static_cast<const Arg&>(*it_));
       ++it_;
       ++n;
@@ -383,9 +436,10 @@ class input_job final : public Base {
   bool input_done() const override { return done_; }
 
  private:
-  bool accepting() const {
+  /// Whether @p n more items fit in the job's window (imap's bound on memory).
+  bool accepting_n(std::size_t n) const {
     if constexpr (requires(const Base& b) { b.accepting(std::uint64_t{}); })
-      return Base::accepting(next_);
+      return Base::accepting(next_ + n - 1);
     else
       return true;
   }
@@ -595,9 +649,14 @@ class Pool {
   template <class Job, detail::call_style S, class View, class Arg, class... JobArgs>
   std::shared_ptr<Job> start(View&& view, std::size_t chunksize, JobArgs&&... job_args);
 
+  /// Python's rule (len / (4 * processes), rounded up), capped at @p cap items;
+  /// fixed-size items are also capped at 1/8 of a queue, so chunks pipeline.
+  template <class Arg>
   std::size_t auto_chunksize(std::size_t n, std::size_t cap) const {
+    if constexpr (detail::bitwise<Arg>)
+      cap = std::min(cap, std::max<std::size_t>(1, eng_->queue_capacity() / 8 / sizeof(Arg)));
     const std::size_t per = 4 * size();
-    std::size_t c = n / per + (n % per ? 1 : 0);
+    const std::size_t c = n / per + (n % per ? 1 : 0);
     return std::clamp<std::size_t>(c, 1, cap);
   }
 
@@ -662,8 +721,8 @@ auto Pool<F>::collect(Range&& inputs, map_options options) {
   auto view = detail::hold(std::forward<Range>(inputs));
   const std::size_t n = view.size_hint();
   const std::size_t chunk =
-      options.chunksize ? options.chunksize : auto_chunksize(n, std::size_t{1} << 20);
-  auto j = start<detail::collect_job<R>, S, decltype(view), Arg>(std::move(view), chunk);
+      options.chunksize ? options.chunksize : auto_chunksize<Arg>(n, std::size_t{1} << 20);
+  auto j = start<detail::collect_job<R>, S, decltype(view), Arg>(std::move(view), chunk, n);
   return j;
 }
 
@@ -708,7 +767,7 @@ auto Pool<F>::stream(Range&& inputs, map_options options) {
   using R = detail::stored_t<detail::call_result_t<F, Arg, detail::call_style::unary>>;
   auto view = detail::hold(std::forward<Range>(inputs));
   const std::size_t n = view.size_hint();
-  const std::size_t chunk = options.chunksize ? options.chunksize : auto_chunksize(n, 256);
+  const std::size_t chunk = options.chunksize ? options.chunksize : auto_chunksize<Arg>(n, 256);
   const std::size_t window = std::max<std::size_t>(4 * size() * chunk, 64);
   auto j = start<detail::stream_job<R, Ordered>, detail::call_style::unary, decltype(view), Arg>(
       std::move(view), chunk, window);

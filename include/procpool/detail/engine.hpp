@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -206,13 +207,29 @@ class worker_channel {
   pid_t parent_;
 };
 
+/// Makes this worker end within ~100 ms of its parent, even mid-task.
+/// The kernel's parent-death signal fires when the forking *thread* ends, so it
+/// is used only when the main thread forked (its end is the process's end);
+/// a worker forked by another thread, which may end first, polls instead.
+inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
+  if (forked_by_main_thread) {
+    if (!die_with_parent(parent)) child_exit(0);
+    return;
+  }
+  if (::getppid() != parent) child_exit(0);
+  std::thread([parent] {
+    while (::getppid() == parent) sleep_ns(100'000'000);
+    ::_exit(0);
+  }).detach();
+}
+
 /// The loop a pool worker runs until told to stop. Never returns.
 [[noreturn]] inline void worker_main(worker_channel& ch, void* fn,
                                      const std::function<void()>& initializer,
-                                     bool timed, pid_t parent) {
-  // The parent decides what Ctrl-C means; workers end with it (death signal).
+                                     bool timed, pid_t parent, bool forked_by_main_thread) {
+  // The parent decides what Ctrl-C means; workers end with it.
   ::signal(SIGINT, SIG_IGN);
-  if (!die_with_parent(parent)) child_exit(0);
+  follow_parent(parent, forked_by_main_thread);
   byte_buffer in, values, errors, out;
   if (initializer) {
     try {
@@ -263,11 +280,13 @@ class job {
  public:
   virtual ~job() = default;
 
-  /// Appends up to @p max encoded items to @p out, pushing each item's start
-  /// offset (relative to @p out's size on entry) to @p offsets, and sets @p base
-  /// to the first item's index. Returns the number of items (0: none right now).
+  /// Appends up to @p max encoded items to @p out and sets @p base to the first
+  /// item's index. Items of one fixed size set @p stride to it; others push each
+  /// item's start (relative to @p out's size on entry) to @p offsets.
+  /// Returns the number of items (0: none right now).
   virtual std::size_t next_items(byte_buffer& out, std::vector<std::uint32_t>& offsets,
-                                 std::size_t max, std::uint64_t& base) = 0;
+                                 std::uint32_t& stride, std::size_t max,
+                                 std::uint64_t& base) = 0;
   /// True when every input item has been handed out.
   virtual bool input_done() const = 0;
   /// Stores the results of items [base, base + count), failing those in @p failed.
@@ -288,14 +307,37 @@ class job {
 
 /// A run of consecutive items of one job, encoded, on its way to a worker.
 struct chunk {
+  static constexpr std::size_t items_at = sizeof(frame_header) + sizeof(task_header);
+
   std::shared_ptr<job> owner;
   std::uint64_t base = 0;
   std::uint64_t seq = 0;
+  std::uint64_t n = 0;
+  std::int64_t sent_ns = 0;  // when it was handed to a worker
   unsigned attempts = 0;
+  std::uint32_t stride = 0;            // every item's size, or 0: see offsets
   byte_buffer msg;                     // frame_header, task_header, items
-  std::vector<std::uint32_t> offsets;  // item starts, relative to the items; count + 1 entries
-  std::uint64_t count() const { return offsets.empty() ? 0 : offsets.size() - 1; }
-  static constexpr std::size_t items_at = sizeof(frame_header) + sizeof(task_header);
+  std::vector<std::uint32_t> offsets;  // when stride == 0: item starts, n + 1 entries
+
+  std::uint64_t count() const { return n; }
+  /// Where item @p i starts, relative to the items (i == count(): their end).
+  std::uint64_t offset(std::uint64_t i) const { return stride ? i * stride : offsets[i]; }
+  /// Items [from, to) as a chunk of their own, with the same attempts.
+  chunk slice(std::uint64_t from, std::uint64_t to, unsigned with_attempts) const {
+    chunk c;
+    c.owner = owner;
+    c.base = base + from;
+    c.n = to - from;
+    c.attempts = with_attempts;
+    c.stride = stride;
+    const std::uint64_t a = offset(from), b = offset(to);
+    c.msg.grow(items_at);
+    c.msg.append(msg.data() + items_at + a, static_cast<std::size_t>(b - a));
+    if (!stride)
+      for (std::uint64_t k = from; k <= to; ++k)
+        c.offsets.push_back(static_cast<std::uint32_t>(offsets[k] - a));
+    return c;
+  }
 };
 
 inline std::size_t round_up_pow2(std::size_t n) {
@@ -335,6 +377,8 @@ class engine {
   void terminate() noexcept;
   std::vector<pid_t> pids();
   std::size_t size() const noexcept { return workers_.size(); }
+  /// Bytes of each queue.
+  std::size_t queue_capacity() const noexcept { return cap_; }
 
  private:
   enum class state { running, closed, joined, terminated };
@@ -348,6 +392,8 @@ class engine {
     std::size_t sent = 0;      // inflight[0, sent) fully written
     std::size_t send_off = 0;  // bytes of inflight[sent] written
     std::size_t budget = 0;    // items it may still be given
+    std::int64_t last_result_ns = 0;
+    bool quick = false;        // its last chunk took under 0.5 ms: queue more ahead
     bool stop_queued = false;
     bool stop_sent = false;
     bool timed_out = false;
@@ -443,7 +489,8 @@ inline void engine::spawn_worker(worker& w) {
   w.sent = w.send_off = 0;
   w.budget = opts_.max_tasks_per_child ? opts_.max_tasks_per_child
                                        : std::numeric_limits<std::size_t>::max();
-  w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = false;
+  w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = w.quick = false;
+  w.last_result_ns = 0;
   w.got = 0;
   const pid_t parent = parent_pid_;
   const bool timed = opts_.task_timeout.count() > 0;
@@ -453,9 +500,10 @@ inline void engine::spawn_worker(worker& w) {
   const std::size_t cap = cap_;
   void* fn = fn_;
   const std::function<void()>& init = opts_.initializer;
+  const bool main_thread = ::gettid() == parent;
   w.pid = spawn(next_process_name("ForkPoolWorker-"), [=, &init] {
     worker_channel ch(ps, s, td, rd, cap, parent);
-    worker_main(ch, fn, init, timed, parent);
+    worker_main(ch, fn, init, timed, parent, main_thread);
   });
 }
 
@@ -627,6 +675,9 @@ inline void engine::on_message(worker& w) {
         for (std::uint64_t i = 0; i < c.count(); ++i) c.owner->fail(c.base + i, e);
         values_at = nullptr;
       }
+      const std::int64_t now = monotonic_ns();
+      w.quick = now - std::max(c.sent_ns, w.last_result_ns) < 500'000;
+      w.last_result_ns = now;
       if (values_at) {
         reader values(values_at, values_size);
         c.owner->deliver(c.base, c.count(), failed, values);  // handles its own decode errors
@@ -665,23 +716,8 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
       requeued_.pop_front();
     } else {
       // Split to fit the worker's remaining budget.
-      chunk head;
-      head.owner = r.owner;
-      head.base = r.base;
-      head.attempts = r.attempts;
-      const std::uint32_t cut = r.offsets[limit];
-      head.msg.grow(chunk::items_at);
-      head.msg.append(r.msg.data() + chunk::items_at, cut);
-      head.offsets.assign(r.offsets.begin(), r.offsets.begin() + static_cast<long>(limit) + 1);
-      chunk tail;
-      tail.owner = r.owner;
-      tail.base = r.base + limit;
-      tail.attempts = r.attempts;
-      tail.msg.grow(chunk::items_at);
-      tail.msg.append(r.msg.data() + chunk::items_at + cut, r.offsets.back() - cut);
-      for (std::size_t k = limit; k < r.offsets.size(); ++k) tail.offsets.push_back(r.offsets[k] - cut);
-      requeued_.front() = std::move(tail);
-      c = std::move(head);
+      c = r.slice(0, limit, r.attempts);
+      r = r.slice(limit, r.count(), r.attempts);
     }
     return true;
   }
@@ -693,13 +729,16 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     }
     c.msg.clear();
     c.offsets.clear();
+    c.stride = 0;
     c.msg.grow(chunk::items_at);
-    const std::size_t n = j.next_items(c.msg, c.offsets, std::min(limit, j.chunksize), c.base);
+    const std::size_t n =
+        j.next_items(c.msg, c.offsets, c.stride, std::min(limit, j.chunksize), c.base);
     if (n == 0) {
       ++it;
       continue;
     }
-    c.offsets.push_back(static_cast<std::uint32_t>(c.msg.size() - chunk::items_at));
+    c.n = n;
+    if (!c.stride) c.offsets.push_back(static_cast<std::uint32_t>(c.msg.size() - chunk::items_at));
     c.owner = *it;
     c.attempts = 0;
     j.outstanding += n;
@@ -713,10 +752,14 @@ inline bool engine::dispatch() {
   bool progress = false;
   for (auto& w : workers_) {
     if (w.pid == 0 || w.stop_queued) continue;
-    while (w.inflight.size() < 2 && w.budget > 0) {
+    // Two chunks ahead keeps a worker busy while the parent is away, and keeps
+    // long tasks balanced; quick chunks need more ahead to hide wake-up latency.
+    const std::size_t depth = w.quick ? 8 : 2;
+    while (w.inflight.size() < depth && w.budget > 0) {
       chunk c;
       if (!next_chunk(w, c)) break;
       c.seq = next_seq_++;
+      c.sent_ns = monotonic_ns();
       const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
                             c.msg.size() - sizeof(frame_header)};
       const task_header th{c.owner->runner, c.seq, c.count()};
@@ -795,15 +838,7 @@ inline void engine::on_death(worker& w, int exitcode) {
       const std::uint64_t index = c.base + blamed_item;
       requeue(c, blamed_item + 1, c.count());
       if (c.attempts < opts_.retries) {
-        chunk one;
-        one.owner = c.owner;
-        one.base = index;
-        one.attempts = c.attempts + 1;
-        one.msg.grow(chunk::items_at);
-        one.msg.append(c.msg.data() + chunk::items_at + c.offsets[blamed_item],
-                       c.offsets[blamed_item + 1] - c.offsets[blamed_item]);
-        one.offsets = {0, c.offsets[blamed_item + 1] - c.offsets[blamed_item]};
-        requeued_.push_front(std::move(one));
+        requeued_.push_front(c.slice(blamed_item, blamed_item + 1, c.attempts + 1));
       } else {
         const std::string what = "procpool: worker " + std::to_string(pid) + " " +
                                  (w.timed_out ? "ran past task_timeout (" +
@@ -829,16 +864,7 @@ inline void engine::on_death(worker& w, int exitcode) {
 
 /// Puts items [from, to) of @p c at the front of the requeue list.
 inline void engine::requeue(const chunk& c, std::uint64_t from, std::uint64_t to) {
-  if (from >= to) return;
-  chunk r;
-  r.owner = c.owner;
-  r.base = c.base + from;
-  r.attempts = c.attempts;
-  const std::uint32_t a = c.offsets[from], b = c.offsets[to];
-  r.msg.grow(chunk::items_at);
-  r.msg.append(c.msg.data() + chunk::items_at + a, b - a);
-  for (std::uint64_t k = from; k <= to; ++k) r.offsets.push_back(c.offsets[k] - a);
-  requeued_.push_front(std::move(r));
+  if (from < to) requeued_.push_front(c.slice(from, to, c.attempts));
 }
 
 inline void engine::break_pool(std::exception_ptr e) {
@@ -877,10 +903,7 @@ inline void engine::join() {
     for (auto& w : workers_) {
       if (w.pid == 0) continue;
       alive = true;
-      if (!w.stop_queued) {
-        w.stop_queued = true;
-        flush(w);
-      }
+      w.stop_queued = true;  // the driving thread's next dispatch() sends it
     }
     return !alive;
   });
