@@ -464,10 +464,7 @@ class async_result {
   /// Waits at most @p timeout; true when ready.
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> timeout) {
-    return eng_->run_until(
-        [this] { return job_->complete(); },
-        detail::monotonic_ns() +
-            std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count());
+    return eng_->run_until([this] { return job_->complete(); }, detail::deadline_after(timeout));
   }
   /// True when the result (or error) is there; does not wait.
   bool ready() { return wait_for(std::chrono::nanoseconds(0)); }

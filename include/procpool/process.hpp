@@ -128,8 +128,9 @@ pid_t spawn(const std::string& name, Body&& body) {
 /// way the child is reaped: no zombie is left.
 template <class F, class... Args>
 class Process {
-  static_assert(std::is_invocable_v<F&, Args&...>,
-                "procpool::Process: the callable cannot be called with these arguments");
+  static_assert(std::is_invocable_v<F, Args...>,
+                "procpool::Process: the callable cannot be called with these arguments "
+                "(they are passed as rvalues, as std::thread does; use std::ref for a reference)");
 
  static constexpr bool nothrow_move =
       std::is_nothrow_move_constructible_v<std::tuple<F, Args...>>;
@@ -225,7 +226,10 @@ template <class F, class... Args>
 void Process<F, Args...>::start() {
   if (pid_ != 0) throw usage_error("procpool::Process::start: " + name_ + " was already started; a Process starts once");
   if (!call_) throw usage_error("procpool::Process::start: this Process was moved from");
-  pid_ = detail::spawn(name_, [this] { std::apply([](F& f, Args&... a) { std::invoke(f, a...); }, *call_); });
+  // The child runs the callable once, so it may have the stored values (as std::thread).
+  pid_ = detail::spawn(name_, [this] {
+    std::apply([](F& f, Args&... a) { std::invoke(std::move(f), std::move(a)...); }, *call_);
+  });
 }
 
 template <class F, class... Args>
@@ -248,8 +252,7 @@ template <class F, class... Args>
 template <class Rep, class Period>
 bool Process<F, Args...>::join_for(std::chrono::duration<Rep, Period> timeout) {
   if (pid_ == 0) throw usage_error("procpool::Process::join_for: " + name_ + " was never started; call start() first");
-  const std::int64_t deadline =
-      detail::monotonic_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+  const std::int64_t deadline = detail::deadline_after(timeout);
   std::int64_t pause = 50'000;  // poll, backing off from 50 us to 5 ms
   while (!reap(false)) {
     const std::int64_t left = deadline - detail::monotonic_ns();
@@ -275,6 +278,7 @@ template <class F, class... Args>
 void Process<F, Args...>::take(Process&& o) noexcept(nothrow_move) {
   call_.reset();
   if (o.call_) call_.emplace(std::move(*o.call_));
+  o.call_.reset();
   name_ = std::move(o.name_);
   daemon_ = o.daemon_;
   pid_ = std::exchange(o.pid_, 0);

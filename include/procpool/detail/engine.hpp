@@ -521,7 +521,13 @@ inline void engine::submit(const std::shared_ptr<job>& j) {
   jobs_.push_back(j);
   if (!pumping_) {
     pumping_ = true;
-    pump();
+    try {
+      pump();
+    } catch (...) {
+      pumping_ = false;
+      cv_.notify_all();
+      throw;
+    }
     pumping_ = false;
     cv_.notify_all();
   } else {
@@ -731,8 +737,16 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     c.offsets.clear();
     c.stride = 0;
     c.msg.grow(chunk::items_at);
-    const std::size_t n =
-        j.next_items(c.msg, c.offsets, c.stride, std::min(limit, j.chunksize), c.base);
+    std::size_t n = 0;
+    try {
+      n = j.next_items(c.msg, c.offsets, c.stride, std::min(limit, j.chunksize), c.base);
+    } catch (...) {
+      // Reading or encoding this job's input failed (its iterator or a
+      // serialize() threw): that job fails, not whichever caller is driving.
+      j.abort(std::current_exception());
+      it = jobs_.erase(it);
+      continue;
+    }
     if (n == 0) {
       ++it;
       continue;

@@ -17,6 +17,7 @@
 #include <cxxabi.h>
 #include <exception>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,16 @@ inline std::int64_t monotonic_ns() noexcept {
   timespec ts{};
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
   return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+/// monotonic_ns() + @p d, saturated: a huge or infinite timeout means "never".
+template <class Rep, class Period>
+std::int64_t deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
+  constexpr std::int64_t never = std::numeric_limits<std::int64_t>::max();
+  const double ns = std::chrono::duration<double, std::nano>(d).count();
+  const std::int64_t now = monotonic_ns();
+  if (!(ns < static_cast<double>(never - now))) return never;  // also catches NaN
+  return ns <= 0 ? now : now + static_cast<std::int64_t>(ns);
 }
 
 inline void sleep_ns(std::int64_t ns) noexcept {
@@ -167,16 +178,19 @@ inline void futex_wake_all(std::atomic<std::uint32_t>* word) noexcept {
 
 /// Forks with every signal blocked and stdout/stderr locked, so the child starts
 /// with no signal handler half-run and no stdio lock held by a thread that does
-/// not exist in it. Stdio is flushed first, so nothing buffered is printed twice.
+/// not exist in it. Stdio is flushed under those locks, so nothing buffered is
+/// printed twice.
 /// In the child, runs child_body() (which must not return) after restoring the mask.
 template <class ChildBody>
 pid_t fork_with(ChildBody&& child_body) {
-  flush_stdio();
   sigset_t all, old;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
   ::flockfile(stdout);
   ::flockfile(stderr);
+  // Flush while holding the locks: another thread cannot refill the buffers
+  // between the flush and the fork (the child would print that text again).
+  flush_stdio();
   pid_t pid = ::fork();
   int saved = errno;
   ::funlockfile(stderr);

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds and runs the bundled examples, the seeds' demos (shared/seeds/README.md):
+# worker, four_processes, four_processes --pids and, once it exists, squares.
+#
+#   scripts/examples.sh
+#
+# Environment: BUILD_DIR (default: build), BUILD_TYPE (default: Release), CXX,
+# CMAKE_ARGS, JOBS (default: 2), PROCPOOL_SKIP_DEPS=1, as for scripts/test.sh.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+build_dir=${BUILD_DIR:-build}
+build_type=${BUILD_TYPE:-Release}
+jobs=${JOBS:-2}
+read -r -a cmake_args <<<"${CMAKE_ARGS:-}"
+if [[ -n "${CXX:-}" ]]; then
+  cmake_args+=("-DCMAKE_CXX_COMPILER=$CXX")
+fi
+
+"$root/scripts/install-deps.sh"
+
+cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE="$build_type" -DPROCPOOL_BUILD_EXAMPLES=ON \
+  "${cmake_args[@]}" >/dev/null
+
+targets=(worker four_processes)
+# The Pool demo, once examples/CMakeLists.txt defines it. (Capture first: with
+# pipefail, grep -q closing the pipe early would fail the whole pipeline.)
+all_targets=$(cmake --build "$build_dir" --target help)
+if grep -qw squares <<<"$all_targets"; then
+  targets+=(squares)
+fi
+cmake --build "$build_dir" -j"$jobs" --target "${targets[@]}"
+
+bin=$build_dir/examples
+run() {
+  local name=$1
+  shift
+  echo "\$ $name $*"
+  "$bin/$name" "$@"
+  echo
+}
+run worker
+run four_processes
+run four_processes --pids
+if [[ " ${targets[*]} " == *" squares "* ]]; then
+  run squares
+fi

@@ -1,0 +1,3 @@
+#include <procpool/procpool.hpp>
+#include <catch2/catch.hpp>
+TEST_CASE("test_codec placeholder") {}
