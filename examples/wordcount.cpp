@@ -1,5 +1,5 @@
-// Counts the words of every regular file under the directories given on the
-// command line, one file per task, with a progress line driven by
+// Counts the words of the files, and of every regular file under the
+// directories, given on the command line, one file per task, with a progress line driven by
 // imap_unordered; then prints the total and the ten most common words.
 // A file that cannot be read is reported and skipped, not fatal.
 //
@@ -59,12 +59,16 @@ file_count count_words(const std::string& path) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s DIR...\n", argv[0]);
+    std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
     return 2;
   }
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     std::error_code ec;
+    if (fs::is_regular_file(argv[i], ec)) {
+      files.push_back(argv[i]);
+      continue;
+    }
     for (auto it = fs::recursive_directory_iterator(argv[i], fs::directory_options::skip_permission_denied, ec);
          it != fs::recursive_directory_iterator(); it.increment(ec)) {
       if (ec) break;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the bundled examples, the seeds' demos (shared/seeds/README.md):
-# worker, four_processes, four_processes --pids and, once it exists, squares.
+# worker, four_processes, four_processes --pids and squares; then wordcount
+# over this repository's sources.
 #
 #   scripts/examples.sh
 #
@@ -44,6 +45,5 @@ run() {
 run worker
 run four_processes
 run four_processes --pids
-if [[ " ${targets[*]} " == *" squares "* ]]; then
-  run squares
-fi
+run squares
+run wordcount "$root/include" "$root/examples" "$root/README.md"
