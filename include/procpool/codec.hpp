@@ -16,8 +16,21 @@
 ///   compile-time error naming the type: a pointer means nothing in another
 ///   process. procpool::transferable<T> tells which types qualify.
 
+#include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <deque>
+#include <forward_list>
+#include <list>
+#include <map>
+#include <optional>
+#include <set>
+#include <typeinfo>
+#include <unordered_map>
+#include <unordered_set>
+#include <variant>
 #include <istream>
 #include <ostream>
 #include <span>
@@ -29,7 +42,6 @@
 #include <utility>
 #include <vector>
 
-#include <boost/interprocess/streams/bufferstream.hpp>
 #include <cereal/archives/binary.hpp>
 #include <cereal/types/array.hpp>
 #include <cereal/types/bitset.hpp>
@@ -51,6 +63,7 @@
 #include <cereal/types/vector.hpp>
 
 #include "detail/buffer.hpp"
+#include "detail/posix.hpp"
 #include "errors.hpp"
 
 namespace procpool {
@@ -83,11 +96,65 @@ struct is_tuple_like<std::pair<A, B>> : std::true_type {};
 template <class... Ts>
 struct is_tuple_like<std::tuple<Ts...>> : std::true_type {};
 
+/// cereal's binary input archive, reading through a bounds-checked reader, plus
+/// one check: a size tag (an element count) larger than the bytes left is
+/// rejected before cereal resizes a container to it, so corrupted bytes cannot
+/// make the parent allocate gigabytes. (Elements of an empty class take no
+/// bytes, so a container of them is limited to as many elements as bytes left.)
+class bounded_input_archive
+    : public cereal::InputArchive<bounded_input_archive, cereal::AllowEmptyClassElision> {
+ public:
+  explicit bounded_input_archive(reader& r)
+      : cereal::InputArchive<bounded_input_archive, cereal::AllowEmptyClassElision>(this), r_(r) {}
+  void loadBinary(void* data, std::streamsize size) { r_.read(data, static_cast<std::size_t>(size)); }
+  std::size_t remaining() const noexcept { return r_.remaining(); }
+
+ private:
+  reader& r_;
+};
+
+template <class T>
+std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
+                                                                    T& t) {
+  ar.loadBinary(std::addressof(t), sizeof(t));
+}
+template <class T>
+void CEREAL_SERIALIZE_FUNCTION_NAME(bounded_input_archive& ar, cereal::NameValuePair<T>& t) {
+  ar(t.value);
+}
+template <class T>
+void CEREAL_SERIALIZE_FUNCTION_NAME(bounded_input_archive& ar, cereal::SizeTag<T>& t) {
+  ar(t.size);
+  if (static_cast<std::uint64_t>(t.size) > ar.remaining())
+    throw decode_error("procpool: corrupted data: a container claims " + std::to_string(t.size) +
+                       " elements but only " + std::to_string(ar.remaining()) +
+                       " bytes are left");
+}
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, cereal::BinaryData<T>& bd) {
+  ar.loadBinary(bd.data, static_cast<std::streamsize>(bd.size));
+}
+
+}  // namespace detail
+}  // namespace procpool
+
+// Half of CEREAL_SETUP_ARCHIVE_TRAITS: BinaryOutputArchive already names its
+// own input archive, so only this direction is declared.
+namespace cereal::traits::detail {
+template <>
+struct get_output_from_input<procpool::detail::bounded_input_archive> {
+  using type = cereal::BinaryOutputArchive;
+};
+}  // namespace cereal::traits::detail
+
+namespace procpool {
+namespace detail {
+
 template <class T>
 concept cereal_serializable =
     !is_view_type<T>::value && !std::is_pointer_v<T> && std::is_default_constructible_v<T> &&
     cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value &&
-    cereal::traits::is_input_serializable<T, cereal::BinaryInputArchive>::value;
+    cereal::traits::is_input_serializable<T, bounded_input_archive>::value;
 
 template <class T>
 struct transferable_impl;
@@ -109,6 +176,55 @@ struct transferable_impl<std::pair<A, B>>
     : std::bool_constant<transferable<A> && transferable<B>> {};
 template <class... Ts>
 struct transferable_impl<std::tuple<Ts...>> : std::bool_constant<(transferable<Ts> && ...)> {};
+
+// Containers qualify when what they hold does (cereal would accept vector<int*>;
+// std::optional<int*> and std::array<int*, 2> are even trivially copyable).
+template <class... Ts>
+struct all_transferable : std::bool_constant<(transferable<Ts> && ...)> {};
+template <class T, bool Ok>
+struct container_transferable
+    : std::bool_constant<Ok && (bitwise<T> || is_contiguous_bitwise<T>::value ||
+                                cereal_serializable<T>)> {};
+template <class T, class A>
+struct transferable_impl<std::vector<T, A>>
+    : container_transferable<std::vector<T, A>, transferable<T>> {};
+template <class T, class A>
+struct transferable_impl<std::deque<T, A>>
+    : container_transferable<std::deque<T, A>, transferable<T>> {};
+template <class T, class A>
+struct transferable_impl<std::list<T, A>>
+    : container_transferable<std::list<T, A>, transferable<T>> {};
+template <class T, class A>
+struct transferable_impl<std::forward_list<T, A>>
+    : container_transferable<std::forward_list<T, A>, transferable<T>> {};
+template <class T, std::size_t N>
+struct transferable_impl<std::array<T, N>>
+    : container_transferable<std::array<T, N>, transferable<T>> {};
+template <class T>
+struct transferable_impl<std::optional<T>>
+    : container_transferable<std::optional<T>, transferable<T>> {};
+template <class... Ts>
+struct transferable_impl<std::variant<Ts...>>
+    : container_transferable<std::variant<Ts...>, all_transferable<Ts...>::value> {};
+template <class K, class C, class A>
+struct transferable_impl<std::set<K, C, A>>
+    : container_transferable<std::set<K, C, A>, transferable<K>> {};
+template <class K, class C, class A>
+struct transferable_impl<std::multiset<K, C, A>>
+    : container_transferable<std::multiset<K, C, A>, transferable<K>> {};
+template <class K, class H, class E, class A>
+struct transferable_impl<std::unordered_set<K, H, E, A>>
+    : container_transferable<std::unordered_set<K, H, E, A>, transferable<K>> {};
+template <class K, class V, class C, class A>
+struct transferable_impl<std::map<K, V, C, A>>
+    : container_transferable<std::map<K, V, C, A>, transferable<K> && transferable<V>> {};
+template <class K, class V, class C, class A>
+struct transferable_impl<std::multimap<K, V, C, A>>
+    : container_transferable<std::multimap<K, V, C, A>, transferable<K> && transferable<V>> {};
+template <class K, class V, class H, class E, class A>
+struct transferable_impl<std::unordered_map<K, V, H, E, A>>
+    : container_transferable<std::unordered_map<K, V, H, E, A>,
+                             transferable<K> && transferable<V>> {};
 
 /// Fails to compile, naming T, when T cannot cross the process boundary.
 template <class T>
@@ -147,6 +263,14 @@ class buffer_streambuf : public std::streambuf {
  private:
   byte_buffer& b_;
 };
+
+/// A T from sizeof(T) bytes; T need not be default constructible.
+template <class T>
+T load_bitwise(const char* p) noexcept {
+  std::array<char, sizeof(T)> bytes;
+  std::memcpy(bytes.data(), p, sizeof(T));
+  return std::bit_cast<T>(bytes);
+}
 
 template <class T>
 void encode(byte_buffer& out, const T& v);
@@ -193,9 +317,7 @@ T decode_elements(reader& in, std::index_sequence<I...>) {
 template <class T>
 T decode(reader& in) {
   if constexpr (bitwise<T>) {
-    T v;
-    in.read(&v, sizeof(T));
-    return v;
+    return load_bitwise<T>(in.take(sizeof(T)));
   } else if constexpr (is_contiguous_bitwise<T>::value) {
     using E = typename T::value_type;
     const auto n = in.read_value<std::uint64_t>();
@@ -214,14 +336,16 @@ T decode(reader& in) {
     if (n > in.remaining())
       throw decode_error("procpool: a message claims " + std::to_string(n) +
                          " bytes but holds fewer (truncated or corrupted data)");
-    const char* p = in.take(static_cast<std::size_t>(n));
-    boost::interprocess::ibufferstream is(p, static_cast<std::size_t>(n));
+    reader sub(in.take(static_cast<std::size_t>(n)), static_cast<std::size_t>(n));
     T v;
     try {
-      cereal::BinaryInputArchive ar(is);
+      bounded_input_archive ar(sub);
       ar(v);
-    } catch (const cereal::Exception& e) {
-      throw decode_error(std::string("procpool: corrupted data crossed the process boundary: ") +
+    } catch (const decode_error&) {
+      throw;
+    } catch (const std::exception& e) {
+      // cereal's own errors, std::length_error from a resize, a user load() that threw.
+      throw decode_error("procpool: could not decode a " + demangle(typeid(T).name()) + ": " +
                          e.what());
     }
     return v;

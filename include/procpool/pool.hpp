@@ -162,8 +162,7 @@ void run_chunk(void* fp, task_context& t) {
     std::size_t done = 0;
     for (std::uint64_t i = 0; i < t.count; ++i) {
       t.begin_item(i);
-      Arg a;
-      std::memcpy(static_cast<void*>(&a), src + i * sizeof(Arg), sizeof(Arg));
+      Arg a = load_bitwise<Arg>(src + i * sizeof(Arg));
       try {
         if constexpr (std::is_void_v<R>) {
           call<F, Arg, S>(f, std::move(a));
@@ -226,7 +225,9 @@ class result_job : public job {
           store(index, R{});
         else
           store(index, decode<R>(values));
-      } catch (const decode_error&) {
+      } catch (...) {
+        // A decode_error, or a user load() that threw: the rest of the chunk
+        // cannot be found without this value's length.
         for (; i < count; ++i) store_error(base + i, std::current_exception());
         return;
       }
@@ -250,7 +251,7 @@ class collect_job : public result_job<R> {
 
   void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
                reader& values) override {
-    if constexpr (bitwise<R> && std::default_initializable<R>) {
+    if constexpr (bitwise<R> && std::default_initializable<R> && !std::is_same_v<R, bool>) {
       // The common case, one block: copy it straight into place.
       if (failed.empty() && values.remaining() == count * sizeof(R)) {
         grow_to(base + count);
@@ -332,7 +333,7 @@ class stream_job : public result_job<R> {
   bool accepting(std::uint64_t next_index) const { return next_index - consumed_ < window_; }
   /// True when next() has something (a value, an error, or the end).
   bool has_next() const {
-    if (aborted_error_) return true;
+    if (aborted_error_ && !abort_reported_) return true;
     if constexpr (Ordered)
       return !pending_.empty() && pending_.begin()->first == next_;
     else
@@ -355,6 +356,8 @@ class stream_job : public result_job<R> {
         return o;
       }
     }
+    // Aborted (terminated): report it once, then the range ends.
+    abort_reported_ = true;
     return outcome<R>(aborted_error_);
   }
   void abort(std::exception_ptr e) override {
@@ -383,6 +386,7 @@ class stream_job : public result_job<R> {
   std::map<std::uint64_t, outcome<R>> pending_;
   std::deque<outcome<R>> ready_;
   std::exception_ptr aborted_error_;
+  bool abort_reported_ = false;
 };
 
 /// Feeds a job from an input view, encoding items as chunks are requested.

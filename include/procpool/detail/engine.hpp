@@ -398,6 +398,7 @@ class engine {
     bool stop_sent = false;
     bool timed_out = false;
     bool corrupt = false;  // sent bytes we cannot parse; killed, awaiting reaping
+    bool dying = false;    // reaped; on_death is reading what it left
     // the message being read
     bool have_header = false;
     frame_header hdr{};
@@ -445,7 +446,8 @@ class engine {
 
   std::mutex m_;
   std::condition_variable cv_;
-  bool pumping_ = false;  // a thread is driving; only it touches the rings
+  bool pumping_ = false;              // a thread is driving; only it touches the rings
+  bool terminate_requested_ = false;  // terminate() waits for the driver: do not start another
 };
 
 inline engine::engine(const pool_options& opts, void* fn)
@@ -490,6 +492,7 @@ inline void engine::spawn_worker(worker& w) {
   w.budget = opts_.max_tasks_per_child ? opts_.max_tasks_per_child
                                        : std::numeric_limits<std::size_t>::max();
   w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = w.quick = false;
+  w.dying = false;
   w.last_result_ns = 0;
   w.got = 0;
   const pid_t parent = parent_pid_;
@@ -545,19 +548,24 @@ bool engine::run_until(Done done, std::int64_t deadline) {
   std::unique_lock lk(m_);
   for (;;) {
     if (done()) return true;
-    if (monotonic_ns() >= deadline) return false;
-    if (pumping_) {
+    if (pumping_ || terminate_requested_) {
+      // Another thread drives (or terminate() waits for it); it notifies each round.
+      if (monotonic_ns() >= deadline) return false;
       cv_.wait_for(lk, std::chrono::milliseconds(10));
       continue;
     }
     pumping_ = true;
     bool progress = false;
+    bool expired = false;
     try {
-      progress = pump();
+      progress = pump();  // at least one round, even with a past deadline: ready() relies on it
       if (!progress && !done()) {
-        lk.unlock();
-        wait_for_event(deadline);
-        lk.lock();
+        expired = monotonic_ns() >= deadline;
+        if (!expired) {
+          lk.unlock();
+          wait_for_event(deadline);
+          lk.lock();
+        }
       }
     } catch (...) {
       if (!lk.owns_lock()) lk.lock();
@@ -567,6 +575,7 @@ bool engine::run_until(Done done, std::int64_t deadline) {
     }
     pumping_ = false;
     cv_.notify_all();
+    if (expired) return done();
   }
 }
 
@@ -654,7 +663,11 @@ inline void engine::on_message(worker& w) {
         w.corrupt = true;
         break;
       }
-      chunk& c = w.inflight.front();
+      // Off the in-flight list first: whatever deliver() throws, the worker's
+      // next answer must match its next chunk.
+      chunk c = std::move(w.inflight.front());
+      w.inflight.pop_front();
+      --w.sent;
       std::vector<item_failure> failed;
       const char* values_at = nullptr;
       std::size_t values_size = 0;
@@ -689,8 +702,6 @@ inline void engine::on_message(worker& w) {
         c.owner->deliver(c.base, c.count(), failed, values);  // handles its own decode errors
       }
       c.owner->outstanding -= c.count();
-      w.inflight.pop_front();
-      --w.sent;
       break;
     }
     case frame_kind::init_failed: {
@@ -702,6 +713,7 @@ inline void engine::on_message(worker& w) {
       break;
     }
     case frame_kind::bye: {
+      if (w.dying) break;  // already reaped: on_death is draining what it left
       // The worker exits right after saying so: reap it now.
       const auto status = wait_pid(w.pid, true);
       on_death(w, exitcode_from_status(*status));
@@ -833,6 +845,7 @@ inline void engine::check_workers() {
 /// (or retry it), requeue the rest, and start a replacement.
 inline void engine::on_death(worker& w, int exitcode) {
   const pid_t pid = w.pid;
+  w.dying = true;
   drain(w);  // complete messages it wrote before dying still count
   w.pid = 0;
   slot_shared* s = slot(w.slot);
@@ -927,7 +940,10 @@ inline void engine::join() {
 
 inline void engine::terminate() noexcept {
   std::unique_lock lk(m_);
+  terminate_requested_ = true;
+  shared()->parent_ev.notify();  // wake a driver asleep in wait_for_event
   cv_.wait(lk, [this] { return !pumping_; });
+  terminate_requested_ = false;
   if (state_ == state::terminated || state_ == state::joined) return;
   state_ = state::terminated;
   for (auto& w : workers_)
