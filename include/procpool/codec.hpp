@@ -116,7 +116,14 @@ class bounded_input_archive
 template <class T>
 std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
                                                                     T& t) {
-  ar.loadBinary(std::addressof(t), sizeof(t));
+  if constexpr (std::is_same_v<T, bool>) {
+    unsigned char b;
+    ar.loadBinary(&b, 1);
+    if (b > 1) throw decode_error("procpool: corrupted data: a bool byte holds " + std::to_string(b));
+    t = b != 0;
+  } else {
+    ar.loadBinary(std::addressof(t), sizeof(t));
+  }
 }
 template <class T>
 void CEREAL_SERIALIZE_FUNCTION_NAME(bounded_input_archive& ar, cereal::NameValuePair<T>& t) {
@@ -276,6 +283,13 @@ template <class T>
 void encode(byte_buffer& out, const T& v);
 template <class T>
 T decode(reader& in);
+inline reader take_cereal_frame(reader& in);
+template <class T>
+T decode_cereal_body(reader& sub);
+
+/// Values of T travel through cereal (not memcpy, not element-wise).
+template <class T>
+concept uses_cereal = !bitwise<T> && !is_contiguous_bitwise<T>::value && !is_tuple_like<T>::value;
 
 template <class Tuple, std::size_t... I>
 void encode_elements(byte_buffer& out, const Tuple& t, std::index_sequence<I...>) {
@@ -316,7 +330,11 @@ T decode_elements(reader& in, std::index_sequence<I...>) {
 
 template <class T>
 T decode(reader& in) {
-  if constexpr (bitwise<T>) {
+  if constexpr (std::is_same_v<T, bool>) {
+    const auto b = static_cast<unsigned char>(*in.take(1));
+    if (b > 1) throw decode_error("procpool: corrupted data: a bool byte holds " + std::to_string(b));
+    return b != 0;
+  } else if constexpr (bitwise<T>) {
     return load_bitwise<T>(in.take(sizeof(T)));
   } else if constexpr (is_contiguous_bitwise<T>::value) {
     using E = typename T::value_type;
@@ -332,24 +350,36 @@ T decode(reader& in) {
     return decode_elements<T>(in, std::make_index_sequence<std::tuple_size_v<T>>{});
   } else {
     require_transferable<T>();
-    const auto n = in.read_value<std::uint64_t>();
-    if (n > in.remaining())
-      throw decode_error("procpool: a message claims " + std::to_string(n) +
-                         " bytes but holds fewer (truncated or corrupted data)");
-    reader sub(in.take(static_cast<std::size_t>(n)), static_cast<std::size_t>(n));
-    T v;
-    try {
-      bounded_input_archive ar(sub);
-      ar(v);
-    } catch (const decode_error&) {
-      throw;
-    } catch (const std::exception& e) {
-      // cereal's own errors, std::length_error from a resize, a user load() that threw.
-      throw decode_error("procpool: could not decode a " + demangle(typeid(T).name()) + ": " +
-                         e.what());
-    }
-    return v;
+    reader sub = take_cereal_frame(in);
+    return decode_cereal_body<T>(sub);
   }
+}
+
+/// The bytes of one cereal-encoded value (its length prefix consumed).
+inline reader take_cereal_frame(reader& in) {
+  const auto n = in.read_value<std::uint64_t>();
+  if (n > in.remaining())
+    throw decode_error("procpool: a message claims " + std::to_string(n) +
+                       " bytes but holds fewer (truncated or corrupted data)");
+  return reader(in.take(static_cast<std::size_t>(n)), static_cast<std::size_t>(n));
+}
+
+/// Decodes a value from the bytes take_cereal_frame() gave. Whatever it throws,
+/// the outer reader is already past this value.
+template <class T>
+T decode_cereal_body(reader& sub) {
+  T v;
+  try {
+    bounded_input_archive ar(sub);
+    ar(v);
+  } catch (const decode_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // cereal's own errors, std::length_error from a resize, a user load() that threw.
+    throw decode_error("procpool: could not decode a " + demangle(typeid(T).name()) + ": " +
+                       e.what());
+  }
+  return v;
 }
 
 }  // namespace detail

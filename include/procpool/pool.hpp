@@ -221,10 +221,22 @@ class result_job : public job {
         continue;
       }
       try {
-        if constexpr (std::is_same_v<R, std::monostate>)
+        if constexpr (std::is_same_v<R, std::monostate>) {
           store(index, R{});
-        else
+        } else if constexpr (uses_cereal<R>) {
+          // Length-prefixed: a value whose load() throws fails alone.
+          reader sub = take_cereal_frame(values);
+          std::optional<R> v;
+          try {
+            v.emplace(decode_cereal_body<R>(sub));
+          } catch (...) {
+            store_error(index, std::current_exception());
+            continue;
+          }
+          store(index, std::move(*v));
+        } else {
           store(index, decode<R>(values));
+        }
       } catch (...) {
         // A decode_error, or a user load() that threw: the rest of the chunk
         // cannot be found without this value's length.

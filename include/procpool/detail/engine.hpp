@@ -637,17 +637,22 @@ inline bool engine::drain(worker& w) {
         w.corrupt = true;
         return progress;
       }
-      w.body.resize(static_cast<std::size_t>(w.hdr.size));
+      w.body.clear();
       progress = true;
     }
-    if (w.got < w.body.size()) {
-      const std::size_t n = w.results.read_some(w.body.data() + w.got, w.body.size() - w.got);
-      if (n == 0) break;
+    const std::size_t size = static_cast<std::size_t>(w.hdr.size);
+    if (w.got < size) {
+      // Grow with what has arrived, not to the claimed size at once: a corrupted
+      // header must not make the parent allocate terabytes.
+      const std::size_t avail = std::min(size - w.got, w.results.readable());
+      if (avail == 0) break;
+      w.body.resize(w.got + avail);
+      const std::size_t n = w.results.read_some(w.body.data() + w.got, avail);
       w.got += n;
       progress = true;
     }
     slot(w.slot)->worker_ev.notify();  // space freed
-    if (w.got < w.body.size()) break;
+    if (w.got < size) break;
     w.have_header = false;
     on_message(w);
     if (w.pid == 0) break;
