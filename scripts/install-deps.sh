@@ -15,6 +15,7 @@ packages=(
   libboost-dev libcereal-dev  # procpool's dependencies
   catch2 libbenchmark-dev     # tests and benchmarks
   python3 ca-certificates git
+  valgrind                    # .ci/run's memcheck subset (scripts/valgrind.sh)
 )
 
 if [[ "${PROCPOOL_SKIP_DEPS:-0}" == 1 ]]; then

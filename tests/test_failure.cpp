@@ -46,6 +46,15 @@
 // AddressSanitizer (whose operator new aborts instead of throwing): a decoder
 // that believes a corrupted element count then fails visibly and quickly
 // rather than allocating tens of GiB. No test here needs that much at once.
+// ThreadSanitizer defines operator new itself (not replaceable), so not there.
+#if defined(__SANITIZE_THREAD__)
+#define PROCPOOL_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PROCPOOL_TEST_TSAN 1
+#endif
+#endif
+#ifndef PROCPOOL_TEST_TSAN
 namespace {
 constexpr std::size_t allocation_cap = std::size_t{256} << 20;
 void* capped_alloc(std::size_t n) {
@@ -76,6 +85,7 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+#endif
 
 namespace {
 
