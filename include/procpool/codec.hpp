@@ -342,9 +342,15 @@ T decode(reader& in) {
     if (n > in.remaining() / sizeof(E))
       throw decode_error("procpool: a message claims " + std::to_string(n) +
                          " elements but holds fewer (truncated or corrupted data)");
+    const char* p = in.take(static_cast<std::size_t>(n) * sizeof(E));
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(E) == 0) {
+      // Constructed straight from the bytes: no zero-fill first.
+      const E* first = reinterpret_cast<const E*>(p);
+      return T(first, first + n);
+    }
     T v;
     v.resize(static_cast<std::size_t>(n));
-    in.read(v.data(), static_cast<std::size_t>(n) * sizeof(E));
+    std::memcpy(static_cast<void*>(v.data()), p, static_cast<std::size_t>(n) * sizeof(E));
     return v;
   } else if constexpr (is_tuple_like<T>::value) {
     return decode_elements<T>(in, std::make_index_sequence<std::tuple_size_v<T>>{});

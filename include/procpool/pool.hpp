@@ -435,8 +435,12 @@ class input_job final : public Base {
         return n;
       }
     }
-    // A chunk stays under 1 GiB (offsets are 32-bit) unless one item alone is larger.
-    constexpr std::size_t max_chunk_bytes = std::size_t{1} << 30;
+    // A chunk stops growing at chunk_bytes (half a queue, so big items stream
+    // one by one while the previous one is worked on), and always under 1 GiB
+    // (offsets are 32-bit) unless one item alone is larger.
+    const std::size_t max_chunk_bytes =
+        std::min<std::size_t>(this->chunk_bytes ? this->chunk_bytes : ~std::size_t{0},
+                              std::size_t{1} << 30);
     while (n < max && !done_ && accepting_n(1) && (n == 0 || out.size() - start < max_chunk_bytes)) {
       if (!stride) offsets.push_back(static_cast<std::uint32_t>(out.size() - start));
       encode<Arg>(out, static_cast<const Arg&>(*it_));
@@ -722,6 +726,7 @@ std::shared_ptr<Job> Pool<F>::start(View&& view, std::size_t chunksize, JobArgs&
                                                             std::forward<JobArgs>(job_args)...);
   j->runner = reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, S>);
   j->chunksize = chunksize;
+  j->chunk_bytes = eng_->queue_capacity() / 2;
   eng_->submit(j);
   return j;
 }

@@ -299,6 +299,7 @@ class job {
 
   std::uint64_t runner = 0;
   std::size_t chunksize = 1;
+  std::size_t chunk_bytes = 0;  // a chunk stops growing past this many bytes (0: 1 GiB)
   std::size_t outstanding = 0;  // items handed out and not yet finished
   bool aborted = false;
   /// True when every item has a result or an error.

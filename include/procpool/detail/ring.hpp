@@ -89,10 +89,17 @@ class byte_ring {
       free = writable();
     }
     n = n < free ? n : free;
-    if (n == 0) return 0;
-    const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
-    copy_in(static_cast<std::size_t>(head) & mask_, p, n);
-    c_->head.store(head + n, std::memory_order_release);
+    // Published a quarter ring at a time, so the reader copies out one piece
+    // while the next is copied in.
+    const std::size_t piece = capacity() / 4;
+    std::uint64_t head = c_->head.load(std::memory_order_relaxed);
+    for (std::size_t done = 0; done < n;) {
+      const std::size_t k = n - done < piece ? n - done : piece;
+      copy_in(static_cast<std::size_t>(head) & mask_, p + done, k);
+      head += k;
+      done += k;
+      c_->head.store(head, std::memory_order_release);
+    }
     return n;
   }
 
@@ -115,10 +122,16 @@ class byte_ring {
       avail = readable();
     }
     n = n < avail ? n : avail;
-    if (n == 0) return 0;
-    const std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
-    copy_out(static_cast<std::size_t>(tail) & mask_, p, n);
-    c_->tail.store(tail + n, std::memory_order_release);
+    // Freed a quarter ring at a time, so the writer refills behind us.
+    const std::size_t piece = capacity() / 4;
+    std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
+    for (std::size_t done = 0; done < n;) {
+      const std::size_t k = n - done < piece ? n - done : piece;
+      copy_out(static_cast<std::size_t>(tail) & mask_, p + done, k);
+      tail += k;
+      done += k;
+      c_->tail.store(tail, std::memory_order_release);
+    }
     return n;
   }
 
