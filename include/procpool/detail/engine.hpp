@@ -394,7 +394,7 @@ class engine {
     std::size_t send_off = 0;  // bytes of inflight[sent] written
     std::size_t budget = 0;    // items it may still be given
     std::int64_t last_result_ns = 0;
-    bool quick = false;        // its last chunk took under 0.5 ms: queue more ahead
+    std::int64_t last_chunk_ns = -1;  // how long its last chunk took; -1: none yet
     bool stop_queued = false;
     bool stop_sent = false;
     bool timed_out = false;
@@ -442,6 +442,7 @@ class engine {
   std::deque<chunk> requeued_;
   std::uint64_t next_seq_ = 1;
   std::int64_t next_check_ = 0;
+  std::int64_t last_progress_ns_ = 0;  // when a pump round last moved anything
   state state_ = state::running;
   std::exception_ptr broken_;  // set when the initializer failed
 
@@ -492,7 +493,8 @@ inline void engine::spawn_worker(worker& w) {
   w.sent = w.send_off = 0;
   w.budget = opts_.max_tasks_per_child ? opts_.max_tasks_per_child
                                        : std::numeric_limits<std::size_t>::max();
-  w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = w.quick = false;
+  w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = false;
+  w.last_chunk_ns = -1;
   w.dying = false;
   w.last_result_ns = 0;
   w.got = 0;
@@ -560,13 +562,12 @@ bool engine::run_until(Done done, std::int64_t deadline) {
     bool expired = false;
     try {
       progress = pump();  // at least one round, even with a past deadline: ready() relies on it
-      if (!progress && !done()) {
-        expired = monotonic_ns() >= deadline;
-        if (!expired) {
-          lk.unlock();
-          wait_for_event(deadline);
-          lk.lock();
-        }
+      if (!done()) {
+        expired = !progress && monotonic_ns() >= deadline;
+        // Let the lock go between rounds: submit() and readers never wait for us.
+        lk.unlock();
+        if (!progress && !expired) wait_for_event(deadline);
+        lk.lock();
       }
     } catch (...) {
       if (!lk.owns_lock()) lk.lock();
@@ -588,6 +589,7 @@ inline bool engine::pump() {
   for (auto& w : workers_) progress |= drain(w);
   progress |= dispatch();
   const std::int64_t now = monotonic_ns();
+  if (progress) last_progress_ns_ = now;
   if (now >= next_check_) {
     next_check_ = now + 5'000'000;
     check_workers();
@@ -608,10 +610,14 @@ inline bool engine::has_event() {
 /// or the next liveness check is due. Called without the lock, by the driver.
 inline void engine::wait_for_event(std::int64_t deadline) {
   const std::int64_t start = monotonic_ns();
-  for (unsigned i = 0;; ++i) {
-    if (has_event()) return;
-    cpu_relax();
-    if ((i & 63) == 63 && monotonic_ns() - start > spin_ns) break;
+  // Spin only while answers are flowing; a pool whose tasks run long sleeps at
+  // once, leaving the CPUs to the workers.
+  if (start - last_progress_ns_ < 2 * spin_ns) {
+    for (unsigned i = 0;; ++i) {
+      if (has_event()) return;
+      cpu_relax();
+      if ((i & 63) == 63 && monotonic_ns() - start > spin_ns) break;
+    }
   }
   event& ev = shared()->parent_ev;
   const std::uint32_t seen = ev.prepare();
@@ -701,7 +707,7 @@ inline void engine::on_message(worker& w) {
         values_at = nullptr;
       }
       const std::int64_t now = monotonic_ns();
-      w.quick = now - std::max(c.sent_ns, w.last_result_ns) < 500'000;
+      w.last_chunk_ns = now - std::max(c.sent_ns, w.last_result_ns);
       w.last_result_ns = now;
       if (values_at) {
         reader values(values_at, values_size);
@@ -782,26 +788,38 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
 inline bool engine::dispatch() {
   if (broken_) return false;
   bool progress = false;
-  for (auto& w : workers_) {
-    if (w.pid == 0 || w.stop_queued) continue;
-    // Two chunks ahead keeps a worker busy while the parent is away, and keeps
-    // long tasks balanced; quick chunks need more ahead to hide wake-up latency.
-    const std::size_t depth = w.quick ? 8 : 2;
-    while (w.inflight.size() < depth && w.budget > 0) {
-      chunk c;
-      if (!next_chunk(w, c)) break;
-      c.seq = next_seq_++;
-      c.sent_ns = monotonic_ns();
-      const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
-                            c.msg.size() - sizeof(frame_header)};
-      const task_header th{c.owner->runner, c.seq, c.count()};
-      std::memcpy(c.msg.data(), &fh, sizeof fh);
-      std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
-      w.budget -= c.count();
-      w.inflight.push_back(std::move(c));
-      progress = true;
+  // Two passes: first one chunk to each idle worker, then queue ahead. A lone
+  // task goes to the first idle worker, which is the one still spinning after
+  // the last task (spreading single tasks would keep every worker spinning, more
+  // spinners than cores); a stream of tasks still reaches every worker.
+  for (const bool queue_ahead : {false, true}) {
+    for (auto& w : workers_) {
+      if (w.pid == 0 || w.stop_queued) continue;
+      // How far ahead to queue, from how long its last chunk took: quick
+      // chunks need several queued to hide the parent's wake-up latency; long
+      // ones get one, so a worker that finishes early is not left idle while
+      // another still has a queued task.
+      const std::size_t depth = !queue_ahead                   ? 1
+                                : w.last_chunk_ns < 0           ? 2
+                                : w.last_chunk_ns < 500'000     ? 8
+                                : w.last_chunk_ns < 5'000'000   ? 2
+                                                                : 1;
+      while (w.inflight.size() < depth && w.budget > 0) {
+        chunk c;
+        if (!next_chunk(w, c)) break;
+        c.seq = next_seq_++;
+        c.sent_ns = monotonic_ns();
+        const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
+                              c.msg.size() - sizeof(frame_header)};
+        const task_header th{c.owner->runner, c.seq, c.count()};
+        std::memcpy(c.msg.data(), &fh, sizeof fh);
+        std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
+        w.budget -= c.count();
+        w.inflight.push_back(std::move(c));
+        progress = true;
+      }
+      if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
     }
-    if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
   }
   for (auto& w : workers_) flush(w);
   return progress;
