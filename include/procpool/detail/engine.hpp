@@ -788,38 +788,35 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
 inline bool engine::dispatch() {
   if (broken_) return false;
   bool progress = false;
-  // Two passes: first one chunk to each idle worker, then queue ahead. A lone
-  // task goes to the first idle worker, which is the one still spinning after
-  // the last task (spreading single tasks would keep every worker spinning, more
-  // spinners than cores); a stream of tasks still reaches every worker.
-  for (const bool queue_ahead : {false, true}) {
-    for (auto& w : workers_) {
-      if (w.pid == 0 || w.stop_queued) continue;
-      // How far ahead to queue, from how long its last chunk took: quick
-      // chunks need several queued to hide the parent's wake-up latency; long
-      // ones get one, so a worker that finishes early is not left idle while
-      // another still has a queued task.
-      const std::size_t depth = !queue_ahead                   ? 1
-                                : w.last_chunk_ns < 0           ? 2
-                                : w.last_chunk_ns < 500'000     ? 8
-                                : w.last_chunk_ns < 5'000'000   ? 2
-                                                                : 1;
-      while (w.inflight.size() < depth && w.budget > 0) {
-        chunk c;
-        if (!next_chunk(w, c)) break;
-        c.seq = next_seq_++;
-        c.sent_ns = monotonic_ns();
-        const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
-                              c.msg.size() - sizeof(frame_header)};
-        const task_header th{c.owner->runner, c.seq, c.count()};
-        std::memcpy(c.msg.data(), &fh, sizeof fh);
-        std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
-        w.budget -= c.count();
-        w.inflight.push_back(std::move(c));
-        progress = true;
-      }
-      if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
+  // Workers in order, each queued up to its depth: a stream of tiny tasks stays
+  // with the first worker, which keeps spinning for the next one, while the
+  // rest sleep (on 2 cores, spreading tiny tasks puts three spinners on two
+  // CPUs and is ~20x slower); longer tasks spread as their depth shrinks.
+  for (auto& w : workers_) {
+    if (w.pid == 0 || w.stop_queued) continue;
+    // How far ahead to queue, from how long its last chunk took: quick chunks
+    // need several queued to hide the parent's wake-up latency; long ones get
+    // one, so a worker that finishes early is not left idle while another
+    // still has a queued task.
+    const std::size_t depth = w.last_chunk_ns < 0           ? 2
+                              : w.last_chunk_ns < 500'000   ? 8
+                              : w.last_chunk_ns < 5'000'000 ? 2
+                                                            : 1;
+    while (w.inflight.size() < depth && w.budget > 0) {
+      chunk c;
+      if (!next_chunk(w, c)) break;
+      c.seq = next_seq_++;
+      c.sent_ns = monotonic_ns();
+      const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
+                            c.msg.size() - sizeof(frame_header)};
+      const task_header th{c.owner->runner, c.seq, c.count()};
+      std::memcpy(c.msg.data(), &fh, sizeof fh);
+      std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
+      w.budget -= c.count();
+      w.inflight.push_back(std::move(c));
+      progress = true;
     }
+    if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
   }
   for (auto& w : workers_) flush(w);
   return progress;
