@@ -13,7 +13,7 @@ packages=(
   cmake make g++              # the build, and GCC with its libasan/libubsan
   clang libclang-rt-dev       # clang++, and its sanitizer runtimes (only "recommended" by clang)
   libboost-dev libcereal-dev  # procpool's dependencies
-  catch2 libbenchmark-dev     # tests and benchmarks
+  catch2                      # tests
   python3 ca-certificates git
   valgrind                    # .ci/run's memcheck subset (scripts/valgrind.sh)
 )
