@@ -32,6 +32,7 @@
 #include <string>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -42,11 +43,11 @@
 
 #include <catch2/catch.hpp>
 
-// Allocations above 256 MiB throw std::bad_alloc in this binary, with or without
-// AddressSanitizer (whose operator new aborts instead of throwing): a decoder
-// that believes a corrupted element count then fails visibly and quickly
-// rather than allocating tens of GiB. No test here needs that much at once.
-// ThreadSanitizer defines operator new itself (not replaceable), so not there.
+#include "alloc_cap.hpp"
+
+// Allocations above 256 MiB throw std::bad_alloc in this binary (see
+// alloc_cap.hpp); no test here needs that much at once. ThreadSanitizer defines
+// operator new itself (not replaceable), so not there.
 #if defined(__SANITIZE_THREAD__)
 #define PROCPOOL_TEST_TSAN 1
 #elif defined(__has_feature)
@@ -54,37 +55,15 @@
 #define PROCPOOL_TEST_TSAN 1
 #endif
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#define PROCPOOL_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PROCPOOL_TEST_ASAN 1
+#endif
+#endif
 #ifndef PROCPOOL_TEST_TSAN
-namespace {
-constexpr std::size_t allocation_cap = std::size_t{256} << 20;
-void* capped_alloc(std::size_t n) {
-  if (n > allocation_cap) throw std::bad_alloc();
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-}  // namespace
-void* operator new(std::size_t n) { return capped_alloc(n); }
-void* operator new[](std::size_t n) { return capped_alloc(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return capped_alloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return capped_alloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
 #endif
 
 namespace {
@@ -1692,3 +1671,84 @@ TEST_CASE("workers replaced by a thread that has ended keep their work", "[failu
   CHECK(out == iota_vec(1000, 1008));
   CHECK(pool.pids() != before);
 }
+
+// ------------------------------------------------ found in review
+
+TEST_CASE("procpool::exit(n) in a task ends its worker; that item fails, the rest complete",
+          "[failure][exit]") {
+  watchdog wd(60s);
+  procpool::Pool pool(
+      [](int x) {
+        if (x == 5) procpool::exit(7);
+        return x * 2;
+      },
+      procpool::pool_options{.processes = 2});
+  const auto out = pool.try_map(std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {.chunksize = 1});
+  REQUIRE(out.size() == 10);
+  for (int i = 0; i < 10; ++i) {
+    if (i == 5) {
+      REQUIRE_FALSE(out[5].ok());
+      try {
+        std::rethrow_exception(out[5].error());
+      } catch (const procpool::worker_lost& e) {
+        CHECK(e.exitcode() == 7);
+        CHECK(e.index() == 5);
+      }
+    } else {
+      CHECK(out[static_cast<std::size_t>(i)].value() == i * 2);
+    }
+  }
+  CHECK(pool.map(std::vector<int>{1, 2}) == std::vector<int>{2, 4});
+}
+
+TEST_CASE("close() and join() finish on a pool whose initializer failed in one worker",
+          "[failure][lifecycle]") {
+  watchdog wd(30s);
+  // Shared memory: only the first worker to start throws.
+  auto* first = static_cast<std::atomic<int>*>(
+      ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(first != MAP_FAILED);
+  new (first) std::atomic<int>(0);
+  {
+    procpool::Pool pool([](int x) { return x; },
+                        procpool::pool_options{.processes = 2, .initializer = [first] {
+                                                 if (first->fetch_add(1) == 0)
+                                                   throw std::runtime_error("first worker only");
+                                               }});
+    CHECK_THROWS_AS(pool.map(std::vector<int>{1, 2, 3}), procpool::initializer_error);
+    pool.close();
+    const auto t0 = clk::now();
+    pool.join();  // used to hang: no stop frame went to the live worker
+    CHECK(ms_since(t0) < 5000.0);
+  }
+  ::munmap(first, sizeof(std::atomic<int>));
+}
+
+// Sanitizers reserve terabytes of address space, so RLIMIT_AS cannot be used under them.
+#if !defined(PROCPOOL_TEST_ASAN) && !defined(PROCPOOL_TEST_TSAN)
+TEST_CASE("a worker that keeps dying while receiving an item fails it instead of respawning forever",
+          "[failure][oom]") {
+  watchdog wd(60s);
+  // Each worker may map 128 MiB more than it starts with: receiving a 200 MiB
+  // argument fails with bad_alloc before any item runs, every time. (200 MiB
+  // also stays under this binary's 256 MiB allocation cap.)
+  procpool::Pool pool([](const std::vector<char>& v) { return v.size(); },
+                      procpool::pool_options{.processes = 1, .initializer = [] {
+                                               std::ifstream statm("/proc/self/statm");
+                                               std::size_t pages = 0;
+                                               statm >> pages;
+                                               const rlim_t limit = pages * 4096 + (rlim_t{128} << 20);
+                                               rlimit r{limit, limit};
+                                               ::setrlimit(RLIMIT_AS, &r);
+                                             }});
+  const std::vector<char> big(std::size_t{200} << 20, 'x');
+  auto r = pool.apply_async(big);
+  try {
+    (void)r.get();
+    FAIL("a 200 MiB argument went through a 128 MiB address-space limit");
+  } catch (const procpool::worker_lost& e) {
+    CHECK(std::string(e.what()).find("died before it started") != std::string::npos);
+  }
+  CHECK(pool.apply_async(std::vector<char>(10, 'y')).get() == 10u);
+}
+#endif

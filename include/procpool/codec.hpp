@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <functional>
+#include <initializer_list>
 #include <forward_list>
 #include <list>
 #include <map>
@@ -75,6 +77,10 @@ template <class C, class Tr>
 struct is_view_type<std::basic_string_view<C, Tr>> : std::true_type {};
 template <class T, std::size_t N>
 struct is_view_type<std::span<T, N>> : std::true_type {};
+template <class T>
+struct is_view_type<std::reference_wrapper<T>> : std::true_type {};
+template <class T>
+struct is_view_type<std::initializer_list<T>> : std::true_type {};
 
 /// Trivially copyable and meaningful in another process.
 template <class T>
@@ -240,8 +246,9 @@ constexpr void require_transferable() {
                 "procpool: a raw pointer cannot cross a process boundary (it points into the "
                 "sender's memory); send the value it points to");
   static_assert(!is_view_type<T>::value,
-                "procpool: std::string_view and std::span cannot cross a process boundary (they "
-                "refer to the sender's memory); use std::string or std::vector");
+                "procpool: std::string_view, std::span, std::reference_wrapper and "
+                "std::initializer_list cannot cross a process boundary (they refer to the "
+                "sender's memory); send values: std::string, std::vector, the object itself");
   static_assert(transferable<T>,
                 "procpool: this type cannot cross a process boundary. Make it trivially "
                 "copyable, or give it a cereal serialize() function and a default constructor "
@@ -350,7 +357,7 @@ T decode(reader& in) {
     }
     T v;
     v.resize(static_cast<std::size_t>(n));
-    std::memcpy(static_cast<void*>(v.data()), p, static_cast<std::size_t>(n) * sizeof(E));
+    if (n) std::memcpy(static_cast<void*>(v.data()), p, static_cast<std::size_t>(n) * sizeof(E));
     return v;
   } else if constexpr (is_tuple_like<T>::value) {
     return decode_elements<T>(in, std::make_index_sequence<std::tuple_size_v<T>>{});

@@ -171,6 +171,8 @@ void run_chunk(void* fp, task_context& t) {
           std::memcpy(dst + done * rsize, static_cast<const void*>(&r), rsize);
           ++done;
         }
+      } catch (const exit_request&) {
+        throw;  // procpool::exit(n) in a task ends the worker (its item: worker_lost)
       } catch (...) {
         t.fail_current(i);
       }
@@ -196,6 +198,8 @@ void run_chunk(void* fp, task_context& t) {
           call<F, Arg, S>(f, std::move(*arg));
         else
           encode<R>(t.values, call<F, Arg, S>(f, std::move(*arg)));
+      } catch (const exit_request&) {
+        throw;  // procpool::exit(n) in a task ends the worker (its item: worker_lost)
       } catch (...) {
         t.values.resize(mark);
         t.fail_current(i);
@@ -680,6 +684,14 @@ class Pool {
   template <detail::call_style S, class Range>
   auto collect(Range&& inputs, map_options options);
 
+  /// Waits until @p j completes; if waiting throws, abandons the job first.
+  template <class Job>
+  void wait_done(const std::shared_ptr<Job>& j);
+
+  /// collect(), then wait and take the values (map, starmap).
+  template <detail::call_style S, class Range>
+  auto collect_values(Range&& inputs, map_options options);
+
   template <bool Ordered, class Range>
   auto stream(Range&& inputs, map_options options);
 
@@ -745,37 +757,49 @@ auto Pool<F>::collect(Range&& inputs, map_options options) {
 }
 
 template <class F>
-template <detail::input_range Range>
-auto Pool<F>::map(Range&& inputs, map_options options) {
-  auto j = collect<detail::call_style::unary>(std::forward<Range>(inputs), options);
-  eng_->run_until([&] { return j->complete(); });
+template <class Job>
+void Pool<F>::wait_done(const std::shared_ptr<Job>& j) {
+  try {
+    eng_->run_until([&] { return j->complete(); });
+  } catch (...) {
+    // Nobody will read this job now: stop feeding it, so the pool never
+    // touches the caller's input range again after this call has left.
+    eng_->locked([&] { j->abort(std::current_exception()); });
+    throw;
+  }
+}
+
+template <class F>
+template <detail::call_style S, class Range>
+auto Pool<F>::collect_values(Range&& inputs, map_options options) {
+  auto j = collect<S>(std::forward<Range>(inputs), options);
+  wait_done(j);
   auto values = eng_->locked([&] { return j->take_values(); });
   using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
-  if constexpr (std::is_void_v<detail::call_result_t<F, Arg, detail::call_style::unary>>)
+  if constexpr (std::is_void_v<detail::call_result_t<F, Arg, S>>)
     return;
   else
     return values;
+}
+
+template <class F>
+template <detail::input_range Range>
+auto Pool<F>::map(Range&& inputs, map_options options) {
+  return collect_values<detail::call_style::unary>(std::forward<Range>(inputs), options);
 }
 
 template <class F>
 template <detail::input_range Range>
 auto Pool<F>::try_map(Range&& inputs, map_options options) {
   auto j = collect<detail::call_style::unary>(std::forward<Range>(inputs), options);
-  eng_->run_until([&] { return j->complete(); });
+  wait_done(j);
   return eng_->locked([&] { return j->take_outcomes(); });
 }
 
 template <class F>
 template <detail::input_range Range>
 auto Pool<F>::starmap(Range&& inputs, map_options options) {
-  auto j = collect<detail::call_style::apply>(std::forward<Range>(inputs), options);
-  eng_->run_until([&] { return j->complete(); });
-  auto values = eng_->locked([&] { return j->take_values(); });
-  using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
-  if constexpr (std::is_void_v<detail::call_result_t<F, Arg, detail::call_style::apply>>)
-    return;
-  else
-    return values;
+  return collect_values<detail::call_style::apply>(std::forward<Range>(inputs), options);
 }
 
 template <class F>

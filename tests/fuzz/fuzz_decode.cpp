@@ -46,42 +46,15 @@
 
 #include <procpool/procpool.hpp>
 
+#include "../alloc_cap.hpp"
+
 // ------------------------------------------------ allocation cap
 
 namespace {
 constexpr std::size_t allocation_cap = std::size_t{64} << 20;
-std::atomic<std::size_t> largest_refused{0};
-void* capped_alloc(std::size_t n) {
-  if (n > allocation_cap) {
-    largest_refused = n;
-    throw std::bad_alloc();
-  }
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
+using procpool_test::largest_refused;
 }  // namespace
-void* operator new(std::size_t n) { return capped_alloc(n); }
-void* operator new[](std::size_t n) { return capped_alloc(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return capped_alloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return capped_alloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+PROCPOOL_TEST_CAP_ALLOCATIONS(allocation_cap)
 
 // ------------------------------------------------ reaching the engine's privates
 

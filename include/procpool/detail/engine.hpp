@@ -104,6 +104,7 @@ struct alignas(64) slot_shared {
 // ---------------------------------------------------------------- the worker side
 
 inline constexpr std::int64_t spin_ns = 50'000;  // spin this long before sleeping
+inline constexpr unsigned max_orphaned = 3;      // deaths before a chunk's first item ran
 
 /// What a typed runner sees of the chunk it runs (in the worker).
 struct task_context {
@@ -209,7 +210,8 @@ class worker_channel {
 
 /// Makes this worker end within ~100 ms of its parent, even mid-task.
 /// The kernel's parent-death signal fires when the forking *thread* ends, so it
-/// is used only when the main thread forked (its end is the process's end);
+/// is used only when the main thread forked (whose end is, in practice, the
+/// process's end: unless main calls pthread_exit);
 /// a worker forked by another thread, which may end first, polls instead.
 inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
   if (forked_by_main_thread) {
@@ -234,6 +236,8 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
   if (initializer) {
     try {
       initializer();
+    } catch (const exit_request&) {
+      throw;  // procpool::exit(n): the worker ends (the pool reports it)
     } catch (...) {
       auto [type, what] = describe_current_exception();
       put_string(out, type);
@@ -315,7 +319,8 @@ struct chunk {
   std::uint64_t seq = 0;
   std::uint64_t n = 0;
   std::int64_t sent_ns = 0;  // when it was handed to a worker
-  unsigned attempts = 0;
+  unsigned attempts = 0;     // runs of a blamed item (pool_options::retries)
+  unsigned orphaned = 0;     // deaths of its worker while no item of it ran
   std::uint32_t stride = 0;            // every item's size, or 0: see offsets
   byte_buffer msg;                     // frame_header, task_header, items
   std::vector<std::uint32_t> offsets;  // when stride == 0: item starts, n + 1 entries
@@ -323,13 +328,14 @@ struct chunk {
   std::uint64_t count() const { return n; }
   /// Where item @p i starts, relative to the items (i == count(): their end).
   std::uint64_t offset(std::uint64_t i) const { return stride ? i * stride : offsets[i]; }
-  /// Items [from, to) as a chunk of their own, with the same attempts.
+  /// Items [from, to) as a chunk of their own, with the same attempts and orphaned.
   chunk slice(std::uint64_t from, std::uint64_t to, unsigned with_attempts) const {
     chunk c;
     c.owner = owner;
     c.base = base + from;
     c.n = to - from;
     c.attempts = with_attempts;
+    c.orphaned = orphaned;
     c.stride = stride;
     const std::uint64_t a = offset(from), b = offset(to);
     c.msg.grow(items_at);
@@ -343,7 +349,7 @@ struct chunk {
 
 inline std::size_t round_up_pow2(std::size_t n) {
   std::size_t p = 4096;
-  while (p < n) p *= 2;
+  while (p < n && p < (std::size_t{1} << 31)) p *= 2;  // the constructor rejects more
   return p;
 }
 
@@ -398,6 +404,7 @@ class engine {
     bool stop_queued = false;
     bool stop_sent = false;
     bool timed_out = false;
+    std::uint64_t timeout_seq = 0, timeout_item = 0;  // what timed out
     bool corrupt = false;  // sent bytes we cannot parse; killed, awaiting reaping
     bool dying = false;    // reaped; on_death is reading what it left
     // the message being read
@@ -449,6 +456,7 @@ class engine {
   std::mutex m_;
   std::condition_variable cv_;
   bool pumping_ = false;              // a thread is driving; only it touches the rings
+  std::atomic<bool> poke_{false};     // another thread needs the driver to look again
   bool terminate_requested_ = false;  // terminate() waits for the driver: do not start another
 };
 
@@ -487,6 +495,7 @@ inline void engine::spawn_worker(worker& w) {
   s->results.head = s->results.tail = 0;
   s->running_seq = 0;
   s->ready = 0;
+  new (&s->worker_ev) event();  // a worker killed asleep left its waiter count
   w.tasks = byte_ring(&s->tasks, task_data(w.slot), cap_);
   w.results = byte_ring(&s->results, result_data(w.slot), cap_);
   w.inflight.clear();
@@ -537,7 +546,8 @@ inline void engine::submit(const std::shared_ptr<job>& j) {
     pumping_ = false;
     cv_.notify_all();
   } else {
-    shared()->parent_ev.notify();  // wake the driving thread so it dispatches
+    poke_.store(true);  // seen by the driver even if it is not asleep yet
+    shared()->parent_ev.notify();
   }
 }
 
@@ -598,8 +608,9 @@ inline bool engine::pump() {
 }
 
 inline bool engine::has_event() {
+  if (poke_.exchange(false)) return true;  // a submit() or terminate() wants the driver
   for (auto& w : workers_) {
-    if (w.pid == 0) continue;
+    if (w.pid == 0 || w.corrupt) continue;
     if (w.results.readable() > 0) return true;
     if (w.sent < w.inflight.size() && w.tasks.writable() > 0) return true;
   }
@@ -711,7 +722,11 @@ inline void engine::on_message(worker& w) {
       w.last_result_ns = now;
       if (values_at) {
         reader values(values_at, values_size);
-        c.owner->deliver(c.base, c.count(), failed, values);  // handles its own decode errors
+        try {
+          c.owner->deliver(c.base, c.count(), failed, values);  // handles its own decode errors
+        } catch (...) {
+          c.owner->abort(std::current_exception());  // e.g. bad_alloc storing the values
+        }
       }
       c.owner->outstanding -= c.count();
       break;
@@ -786,7 +801,10 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
 }
 
 inline bool engine::dispatch() {
-  if (broken_) return false;
+  if (broken_) {
+    for (auto& w : workers_) flush(w);  // stop frames still go out (join)
+    return false;
+  }
   bool progress = false;
   // Workers in order, each queued up to its depth: a stream of tiny tasks stays
   // with the first worker, which keeps spinning for the next one, while the
@@ -798,10 +816,14 @@ inline bool engine::dispatch() {
     // need several queued to hide the parent's wake-up latency; long ones get
     // one, so a worker that finishes early is not left idle while another
     // still has a queued task.
-    const std::size_t depth = w.last_chunk_ns < 0           ? 2
-                              : w.last_chunk_ns < 500'000   ? 8
-                              : w.last_chunk_ns < 5'000'000 ? 2
-                                                            : 1;
+    // A chunk still running counts with the time it has taken so far.
+    const std::int64_t took =
+        w.inflight.empty() ? w.last_chunk_ns
+                           : std::max(w.last_chunk_ns, monotonic_ns() - w.inflight.front().sent_ns);
+    const std::size_t depth = took < 0           ? 1
+                              : took < 500'000   ? 8
+                              : took < 5'000'000 ? 2
+                                                 : 1;
     while (w.inflight.size() < depth && w.budget > 0) {
       chunk c;
       if (!next_chunk(w, c)) break;
@@ -851,10 +873,17 @@ inline void engine::check_workers() {
     if (w.pid == 0) continue;
     if (limit > 0 && !w.timed_out) {
       slot_shared* s = slot(w.slot);
+      // Read twice: only a consistent (seq, item) pair that is still running
+      // past the limit is killed and blamed.
       const std::uint64_t seq = s->running_seq.load(std::memory_order_acquire);
+      const std::uint64_t item = s->running_item.load(std::memory_order_relaxed);
       const std::int64_t since = s->running_since.load(std::memory_order_relaxed);
-      if (seq != 0 && now - since > limit && s->running_seq.load() == seq) {
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (seq != 0 && now - since > limit && s->running_seq.load() == seq &&
+          s->running_item.load() == item) {
         w.timed_out = true;
+        w.timeout_seq = seq;
+        w.timeout_item = item;
         send_signal(w.pid, SIGKILL);
       }
     }
@@ -875,14 +904,34 @@ inline void engine::on_death(worker& w, int exitcode) {
         "procpool::Pool: worker " + std::to_string(pid) + " " + describe_exitcode(exitcode) +
         " before it was ready (in the initializer?); fix it and create a new Pool")));
   }
-  const std::uint64_t blamed_seq = s->running_seq.load();
-  const std::uint64_t blamed_item = s->running_item.load();
+  // A timeout blames what the check saw; a death, what the worker last wrote.
+  const std::uint64_t blamed_seq = w.timed_out ? w.timeout_seq : s->running_seq.load();
+  const std::uint64_t blamed_item = w.timed_out ? w.timeout_item : s->running_item.load();
   // Requeue in order at the front, so that imap's order suffers least.
   std::deque<chunk> mine = std::move(w.inflight);
   w.inflight.clear();
   for (auto it = mine.rbegin(); it != mine.rend(); ++it) {
     chunk& c = *it;
-    if (c.seq == blamed_seq && blamed_seq != 0 && blamed_item < c.count()) {
+    const bool blamed = c.seq == blamed_seq && blamed_seq != 0 && blamed_item < c.count();
+    // Counted only when the worker died running nothing: chunks queued behind
+    // a blamed item are bystanders.
+    if (!blamed && blamed_seq == 0 && ++c.orphaned > max_orphaned) {
+      // Its workers keep dying before any item of it runs (out of memory while
+      // receiving it, say): fail it rather than fork forever.
+      for (std::uint64_t i = 0; i < c.count(); ++i) {
+        const std::uint64_t index = c.base + i;
+        c.owner->fail(index, std::make_exception_ptr(worker_lost(
+                                 index, pid, exitcode,
+                                 "procpool: item " + std::to_string(index) + " was lost: " +
+                                     std::to_string(c.orphaned) +
+                                     " workers died before it started (the last, " +
+                                     std::to_string(pid) + ", " + describe_exitcode(exitcode) +
+                                     "); out of memory receiving it?")));
+      }
+      c.owner->outstanding -= c.count();
+      continue;
+    }
+    if (blamed) {
       const std::uint64_t index = c.base + blamed_item;
       requeue(c, blamed_item + 1, c.count());
       if (c.attempts < opts_.retries) {
@@ -906,8 +955,18 @@ inline void engine::on_death(worker& w, int exitcode) {
     }
   }
   // Replace it while there is work to do or the pool takes new work.
-  if (!broken_ && (state_ == state::running || (state_ == state::closed && !all_done())))
-    spawn_worker(w);
+  if (!broken_ && (state_ == state::running || (state_ == state::closed && !all_done()))) {
+    try {
+      spawn_worker(w);
+    } catch (const std::exception& e) {
+      // Cannot fork (EAGAIN, ENOMEM): say so to every caller instead of
+      // leaving a slot empty that pending work may wait on forever.
+      w.pid = 0;
+      break_pool(std::make_exception_ptr(
+          error(std::string("procpool::Pool: could not start a replacement worker: ") +
+                e.what() + "; create a new Pool when the system has room")));
+    }
+  }
 }
 
 /// Puts items [from, to) of @p c at the front of the requeue list.
@@ -962,6 +1021,7 @@ inline void engine::join() {
 inline void engine::terminate() noexcept {
   std::unique_lock lk(m_);
   terminate_requested_ = true;
+  poke_.store(true);
   shared()->parent_ev.notify();  // wake a driver asleep in wait_for_event
   cv_.wait(lk, [this] { return !pumping_; });
   terminate_requested_ = false;

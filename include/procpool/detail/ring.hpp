@@ -43,6 +43,9 @@ struct alignas(64) event {
 
   std::uint32_t prepare() noexcept {
     waiters.fetch_add(1, std::memory_order_seq_cst);
+    // Pairs with notify()'s fence: the waiter's next look at the ring is not
+    // ordered before its registration.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     return epoch.load(std::memory_order_seq_cst);
   }
   void wait(std::uint32_t seen, std::int64_t timeout_ns) noexcept {

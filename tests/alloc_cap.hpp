@@ -1,0 +1,53 @@
+// Test support: PROCPOOL_TEST_CAP_ALLOCATIONS(bytes), used once per binary at
+// namespace scope, replaces the global operator new/delete so that any single
+// allocation above `bytes` throws std::bad_alloc, with or without
+// AddressSanitizer (whose own operator new aborts instead). A decoder that
+// believed a corrupted size then fails visibly and quickly instead of
+// allocating tens of GiB. Not under ThreadSanitizer or valgrind, which define
+// operator new themselves.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+
+namespace procpool_test {
+
+/// The largest allocation refused so far (0: none).
+inline std::atomic<std::size_t> largest_refused{0};
+
+inline void* capped_alloc(std::size_t n, std::size_t cap) {
+  if (n > cap) {
+    largest_refused = n;
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+
+inline void* capped_alloc_nothrow(std::size_t n, std::size_t cap) noexcept {
+  try {
+    return capped_alloc(n, cap);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+}  // namespace procpool_test
+
+#define PROCPOOL_TEST_CAP_ALLOCATIONS(cap)                                                   \
+  void* operator new(std::size_t n) { return procpool_test::capped_alloc(n, cap); }         \
+  void* operator new[](std::size_t n) { return procpool_test::capped_alloc(n, cap); }       \
+  void* operator new(std::size_t n, const std::nothrow_t&) noexcept {                       \
+    return procpool_test::capped_alloc_nothrow(n, cap);                                     \
+  }                                                                                          \
+  void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {                     \
+    return procpool_test::capped_alloc_nothrow(n, cap);                                     \
+  }                                                                                          \
+  void operator delete(void* p) noexcept { std::free(p); }                                  \
+  void operator delete[](void* p) noexcept { std::free(p); }                                \
+  void operator delete(void* p, std::size_t) noexcept { std::free(p); }                     \
+  void operator delete[](void* p, std::size_t) noexcept { std::free(p); }                   \
+  void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }           \
+  void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
