@@ -608,7 +608,8 @@ inline bool engine::pump() {
 }
 
 inline bool engine::has_event() {
-  if (poke_.exchange(false)) return true;  // a submit() or terminate() wants the driver
+  // A submit() or terminate() wants the driver (a load first: this runs in the spin loop).
+  if (poke_.load(std::memory_order_relaxed) && poke_.exchange(false)) return true;
   for (auto& w : workers_) {
     if (w.pid == 0 || w.corrupt) continue;
     if (w.results.readable() > 0) return true;
