@@ -18,6 +18,11 @@ packages=(
   valgrind                    # .ci/run's memcheck subset (scripts/valgrind.sh)
 )
 
+# --list: print the packages, one line, for callers that run apt-get themselves (.ci/run).
+if [[ "${1:-}" == --list ]]; then
+  echo "${packages[*]}"
+  exit 0
+fi
 if [[ "${PROCPOOL_SKIP_DEPS:-0}" == 1 ]]; then
   exit 0
 fi

@@ -688,6 +688,10 @@ class Pool {
   template <class Job>
   void wait_done(const std::shared_ptr<Job>& j);
 
+  /// collect(), returning an async_result of the values (map_async, starmap_async).
+  template <detail::call_style S, class Range>
+  auto collect_async(Range&& inputs, map_options options);
+
   /// collect(), then wait and take the values (map, starmap).
   template <detail::call_style S, class Range>
   auto collect_values(Range&& inputs, map_options options);
@@ -848,21 +852,24 @@ auto Pool<F>::apply_async(Args&&... args) {
 }
 
 template <class F>
-template <detail::input_range Range>
-auto Pool<F>::map_async(Range&& inputs, map_options options) {
+template <detail::call_style S, class Range>
+auto Pool<F>::collect_async(Range&& inputs, map_options options) {
   using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
-  using R = detail::stored_t<detail::call_result_t<F, Arg, detail::call_style::unary>>;
-  auto j = collect<detail::call_style::unary>(std::forward<Range>(inputs), options);
+  using R = detail::stored_t<detail::call_result_t<F, Arg, S>>;
+  auto j = collect<S>(std::forward<Range>(inputs), options);
   return async_result<std::vector<R>>(eng_, j, [j] { return j->take_values(); });
 }
 
 template <class F>
 template <detail::input_range Range>
+auto Pool<F>::map_async(Range&& inputs, map_options options) {
+  return collect_async<detail::call_style::unary>(std::forward<Range>(inputs), options);
+}
+
+template <class F>
+template <detail::input_range Range>
 auto Pool<F>::starmap_async(Range&& inputs, map_options options) {
-  using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
-  using R = detail::stored_t<detail::call_result_t<F, Arg, detail::call_style::apply>>;
-  auto j = collect<detail::call_style::apply>(std::forward<Range>(inputs), options);
-  return async_result<std::vector<R>>(eng_, j, [j] { return j->take_values(); });
+  return collect_async<detail::call_style::apply>(std::forward<Range>(inputs), options);
 }
 
 }  // namespace procpool
