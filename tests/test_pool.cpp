@@ -1121,6 +1121,48 @@ TEST_CASE("pool: with queue_bytes 4096, 10 MB arguments and results stream throu
   CHECK(out[2] == transform(b));
 }
 
+TEST_CASE("pool: answers that wrap around the end of a small queue arrive intact",
+          "[pool][big]") {
+  // With a 4 KiB queue, answers of many sizes keep wrapping around its end:
+  // fixed-size values are copied in two pieces straight from the queue,
+  // answers with errors or variable-size values take the copying path.
+  auto f = [](int x) {
+    if (x % 97 == 13) throw std::runtime_error("item " + std::to_string(x));
+    return std::int64_t{x} * 1'000'003;
+  };
+  auto g = [](int x) { return std::string(static_cast<std::size_t>(x % 61), static_cast<char>('a' + x % 26)); };
+  procpool::Pool pf(f, procpool::pool_options{.processes = 2, .queue_bytes = 4096});
+  procpool::Pool pg(g, procpool::pool_options{.processes = 2, .queue_bytes = 4096});
+  const std::vector<int> in = iota_vec(20000, 0);
+  for (std::size_t chunk : {std::size_t{1}, std::size_t{7}, std::size_t{61}, std::size_t{100}, std::size_t{0}}) {
+    INFO("chunksize " << chunk);
+    const auto out = pf.try_map(in, {.chunksize = chunk});
+    REQUIRE(out.size() == in.size());
+    std::size_t wrong = 0;
+    for (int x : in) {
+      const auto& o = out[static_cast<std::size_t>(x)];
+      if (x % 97 == 13)
+        wrong += o.ok();
+      else
+        wrong += !o.ok() || o.value() != std::int64_t{x} * 1'000'003;
+    }
+    CHECK(wrong == 0);
+    const auto s = pg.map(in, {.chunksize = chunk});
+    REQUIRE(s.size() == in.size());
+    wrong = 0;
+    for (int x : in) wrong += s[static_cast<std::size_t>(x)] != g(x);
+    CHECK(wrong == 0);
+  }
+  std::vector<int> clean;
+  for (int x : in)
+    if (x % 97 != 13) clean.push_back(x);
+  const auto v = pf.map(clean, {.chunksize = 37});
+  REQUIRE(v.size() == clean.size());
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < clean.size(); ++i) wrong += v[i] != std::int64_t{clean[i]} * 1'000'003;
+  CHECK(wrong == 0);
+}
+
 // ---------------------------------------------------------------- threads
 
 TEST_CASE("pool: map from two threads at once on one pool", "[pool][threads]") {

@@ -160,8 +160,9 @@ void run_chunk(void* fp, task_context& t) {
     const std::size_t at = t.values.size();
     char* dst = t.values.grow(static_cast<std::size_t>(t.count) * rsize);
     std::size_t done = 0;
+    t.begin_items();
     for (std::uint64_t i = 0; i < t.count; ++i) {
-      t.begin_item(i);
+      t.next_item(i);
       Arg a = load_bitwise<Arg>(src + i * sizeof(Arg));
       try {
         if constexpr (std::is_void_v<R>) {
@@ -176,8 +177,8 @@ void run_chunk(void* fp, task_context& t) {
       } catch (...) {
         t.fail_current(i);
       }
-      t.end_item();
     }
+    t.end_item();
     t.values.resize(at + done * rsize);
     return;
   } else {
@@ -276,6 +277,15 @@ class collect_job : public result_job<R> {
       }
     }
     result_job<R>::deliver(base, count, failed, values);
+  }
+  char* place(std::uint64_t base, std::uint64_t count, std::size_t bytes) override {
+    if constexpr (bitwise<R> && std::default_initializable<R> && !std::is_same_v<R, bool>) {
+      if (bytes == count * sizeof(R)) {
+        grow_to(base + count);
+        return reinterpret_cast<char*>(values_.data() + base);
+      }
+    }
+    return nullptr;
   }
   void abort(std::exception_ptr e) override {
     if (!this->aborted) abort_error_ = std::move(e);

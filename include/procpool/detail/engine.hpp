@@ -123,6 +123,14 @@ struct task_context {
     slot->running_seq.store(seq, std::memory_order_release);
   }
   void end_item() noexcept { slot->running_seq.store(0, std::memory_order_release); }
+  /// For a tight loop over quick items: the chunk is marked running once, and
+  /// each item then costs one store (two when timed). A death between two
+  /// items blames the one before (its result was not sent either).
+  void begin_items() noexcept { begin_item(0); }
+  void next_item(std::uint64_t i) noexcept {
+    slot->running_item.store(i, std::memory_order_relaxed);
+    if (timed) slot->running_since.store(monotonic_ns(), std::memory_order_relaxed);
+  }
   /// Records the exception being handled as item @p i's error.
   void fail_current(std::uint64_t i) {
     auto [type, what] = describe_current_exception();
@@ -296,6 +304,13 @@ class job {
   /// Stores the results of items [base, base + count), failing those in @p failed.
   virtual void deliver(std::uint64_t base, std::uint64_t count,
                        const std::vector<item_failure>& failed, reader& values) = 0;
+  /// Where the results of items [base, base + count), all fixed-size values
+  /// taking @p bytes in all, can be copied as they are; nullptr when they
+  /// cannot (then deliver() decodes them).
+  virtual char* place(std::uint64_t base, std::uint64_t count, std::size_t bytes) {
+    (void)base, (void)count, (void)bytes;
+    return nullptr;
+  }
   /// Item @p index failed with @p e.
   virtual void fail(std::uint64_t index, std::exception_ptr e) = 0;
   /// The pool can no longer run anything: every unfinished item fails with @p e.
@@ -424,7 +439,9 @@ class engine {
   void spawn_worker(worker& w);
   bool pump();
   bool drain(worker& w);
-  void on_message(worker& w);
+  void on_message(worker& w, const char* body, std::size_t size);
+  chunk take_answered(worker& w);
+  bool place_wrapped(worker& w, const byte_ring::pieces& sp);
   bool dispatch();
   bool next_chunk(worker& w, chunk& c);
   void flush(worker& w);
@@ -660,6 +677,27 @@ inline bool engine::drain(worker& w) {
       progress = true;
     }
     const std::size_t size = static_cast<std::size_t>(w.hdr.size);
+    if (w.got == 0 && w.hdr.kind == static_cast<std::uint32_t>(frame_kind::results) &&
+        size >= sizeof(result_header) && w.results.readable() >= size) {
+      // The whole answer is in the ring: read it where it lies instead of
+      // copying it out first (for map over small items, half the parent's copying).
+      const auto sp = w.results.spans(size);
+      bool done = false;
+      if (sp.nb == 0) {
+        on_message(w, sp.a, size);
+        done = true;
+      } else {
+        done = place_wrapped(w, sp);  // else: copied out below, as any other message
+      }
+      if (done) {
+        w.have_header = false;
+        w.results.consume(size);
+        slot(w.slot)->worker_ev.notify();  // space freed
+        progress = true;
+        if (w.pid == 0) break;
+        continue;
+      }
+    }
     if (w.got < size) {
       // Grow with what has arrived, not to the claimed size at once: a corrupted
       // header must not make the parent allocate terabytes.
@@ -673,13 +711,49 @@ inline bool engine::drain(worker& w) {
     slot(w.slot)->worker_ev.notify();  // space freed
     if (w.got < size) break;
     w.have_header = false;
-    on_message(w);
+    on_message(w, w.body.data(), w.body.size());
     if (w.pid == 0) break;
   }
   return progress;
 }
 
-inline void engine::on_message(worker& w) {
+/// Takes the chunk a results message answers off @p w's in-flight list, and
+/// notes how long it took.
+inline chunk engine::take_answered(worker& w) {
+  chunk c = std::move(w.inflight.front());
+  w.inflight.pop_front();
+  --w.sent;
+  const std::int64_t now = monotonic_ns();
+  w.last_chunk_ns = now - std::max(c.sent_ns, w.last_result_ns);
+  w.last_result_ns = now;
+  return c;
+}
+
+/// A results message of fixed-size values and no errors that wraps around the
+/// end of the ring: its two pieces are copied straight into the job's results.
+/// False when the message is anything else (then it is copied out and parsed).
+inline bool engine::place_wrapped(worker& w, const byte_ring::pieces& sp) {
+  if (w.inflight.empty() || w.sent == 0) return false;
+  result_header rh;
+  sp.copy(0, &rh, sizeof rh);
+  const chunk& front = w.inflight.front();
+  const std::size_t size = sp.na + sp.nb;
+  if (rh.seq != front.seq || rh.count != front.count() || rh.errors != 0 || rh.errors_at != size)
+    return false;
+  char* dst = nullptr;
+  try {
+    dst = front.owner->place(front.base, front.count(), size - sizeof rh);
+  } catch (...) {
+    return false;  // the copying path meets the same error and reports it
+  }
+  if (!dst) return false;
+  chunk c = take_answered(w);
+  sp.copy(sizeof rh, dst, size - sizeof rh);
+  c.owner->outstanding -= c.count();
+  return true;
+}
+
+inline void engine::on_message(worker& w, const char* body, std::size_t size) {
   switch (static_cast<frame_kind>(w.hdr.kind)) {
     case frame_kind::results: {
       if (w.inflight.empty() || w.sent == 0) {
@@ -689,19 +763,17 @@ inline void engine::on_message(worker& w) {
       }
       // Off the in-flight list first: whatever deliver() throws, the worker's
       // next answer must match its next chunk.
-      chunk c = std::move(w.inflight.front());
-      w.inflight.pop_front();
-      --w.sent;
+      chunk c = take_answered(w);
       std::vector<item_failure> failed;
       const char* values_at = nullptr;
       std::size_t values_size = 0;
       try {
-        reader r(w.body.data(), w.body.size());
+        reader r(body, size);
         const auto rh = r.read_value<result_header>();
         if (rh.seq != c.seq || rh.count != c.count() || rh.errors_at < sizeof rh ||
-            rh.errors_at > w.body.size())
+            rh.errors_at > size)
           throw decode_error("procpool: a worker's answer does not match the chunk it was given");
-        reader er(w.body.data() + rh.errors_at, w.body.size() - rh.errors_at);
+        reader er(body + rh.errors_at, size - rh.errors_at);
         for (std::uint64_t k = 0; k < rh.errors; ++k) {
           item_failure f;
           f.local = er.read_value<std::uint64_t>();
@@ -718,9 +790,6 @@ inline void engine::on_message(worker& w) {
         for (std::uint64_t i = 0; i < c.count(); ++i) c.owner->fail(c.base + i, e);
         values_at = nullptr;
       }
-      const std::int64_t now = monotonic_ns();
-      w.last_chunk_ns = now - std::max(c.sent_ns, w.last_result_ns);
-      w.last_result_ns = now;
       if (values_at) {
         reader values(values_at, values_size);
         try {
@@ -733,7 +802,7 @@ inline void engine::on_message(worker& w) {
       break;
     }
     case frame_kind::init_failed: {
-      reader r(w.body.data(), w.body.size());
+      reader r(body, size);
       std::string type = get_string(r), what = get_string(r);
       break_pool(std::make_exception_ptr(initializer_error(
           "procpool::Pool: the initializer threw " + type + ": " + what +

@@ -113,6 +113,36 @@ class byte_ring {
     if (head_cache_ == tail) head_cache_ = c_->head.load(std::memory_order_acquire);
     return static_cast<std::size_t>(head_cache_ - tail);
   }
+  /// Readable bytes where they lie: [a, a + na), then [b, b + nb) when they
+  /// wrap around the end.
+  struct pieces {
+    const char* a;
+    std::size_t na;
+    const char* b;
+    std::size_t nb;
+    /// Copies @p n bytes starting @p off bytes in.
+    void copy(std::size_t off, void* dst, std::size_t n) const noexcept {
+      char* d = static_cast<char*>(dst);
+      if (off < na) {
+        const std::size_t k = n < na - off ? n : na - off;
+        std::memcpy(d, a + off, k);
+        d += k;
+        n -= k;
+        off = na;
+      }
+      if (n) std::memcpy(d, b + (off - na), n);
+    }
+  };
+  /// The next @p n readable bytes (n <= readable()), not consumed.
+  pieces spans(std::size_t n) const noexcept {
+    const std::size_t at = static_cast<std::size_t>(c_->tail.load(std::memory_order_relaxed)) & mask_;
+    const std::size_t first = n < capacity() - at ? n : capacity() - at;
+    return {data_ + at, first, data_, n - first};
+  }
+  /// Consumes @p n readable bytes (n <= readable()) left where they were.
+  void consume(std::size_t n) noexcept {
+    c_->tail.store(c_->tail.load(std::memory_order_relaxed) + n, std::memory_order_release);
+  }
   /// Copies @p n readable bytes without consuming them.
   void peek(char* p, std::size_t n) const noexcept {
     copy_out(static_cast<std::size_t>(c_->tail.load(std::memory_order_relaxed)) & mask_, p, n);
