@@ -67,8 +67,11 @@ struct ring_control {
   alignas(64) std::atomic<std::uint64_t> tail{0};  // written by the consumer
 };
 
-/// One process's view of a ring (capacity a power of two). Each side keeps a
-/// cached copy of the other side's position to touch its cache line less.
+/// One process's view of a ring (capacity a power of two). Each side reads
+/// the other side's position afresh every time: an earlier version cached it
+/// and refreshed the cache only when it said "empty" (or "full"), so a side
+/// waiting for a few more bytes than the cache held (a 16-byte header of
+/// which 14 were cached) waited forever.
 class byte_ring {
  public:
   byte_ring() = default;
@@ -79,18 +82,13 @@ class byte_ring {
 
   // ---- producer side
   /// Bytes that can be written now.
-  std::size_t writable() noexcept {
+  std::size_t writable() const noexcept {
     const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
-    if (head - tail_cache_ == capacity()) tail_cache_ = c_->tail.load(std::memory_order_acquire);
-    return capacity() - static_cast<std::size_t>(head - tail_cache_);
+    return capacity() - static_cast<std::size_t>(head - c_->tail.load(std::memory_order_acquire));
   }
   /// Writes up to @p n bytes; returns how many.
   std::size_t write_some(const char* p, std::size_t n) noexcept {
-    std::size_t free = writable();
-    if (free < n) {
-      tail_cache_ = c_->tail.load(std::memory_order_acquire);
-      free = writable();
-    }
+    const std::size_t free = writable();
     n = n < free ? n : free;
     // Published a quarter ring at a time, so the reader copies out one piece
     // while the next is copied in.
@@ -108,10 +106,9 @@ class byte_ring {
 
   // ---- consumer side
   /// Bytes that can be read now.
-  std::size_t readable() noexcept {
+  std::size_t readable() const noexcept {
     const std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
-    if (head_cache_ == tail) head_cache_ = c_->head.load(std::memory_order_acquire);
-    return static_cast<std::size_t>(head_cache_ - tail);
+    return static_cast<std::size_t>(c_->head.load(std::memory_order_acquire) - tail);
   }
   /// Readable bytes where they lie: [a, a + na), then [b, b + nb) when they
   /// wrap around the end.
@@ -149,11 +146,7 @@ class byte_ring {
   }
   /// Reads up to @p n bytes; returns how many.
   std::size_t read_some(char* p, std::size_t n) noexcept {
-    std::size_t avail = readable();
-    if (avail < n) {
-      head_cache_ = c_->head.load(std::memory_order_acquire);
-      avail = readable();
-    }
+    const std::size_t avail = readable();
     n = n < avail ? n : avail;
     // Freed a quarter ring at a time, so the writer refills behind us.
     const std::size_t piece = capacity() / 4;
@@ -172,7 +165,6 @@ class byte_ring {
   void reset() noexcept {
     c_->head.store(0, std::memory_order_relaxed);
     c_->tail.store(0, std::memory_order_relaxed);
-    head_cache_ = tail_cache_ = 0;
   }
 
  private:
@@ -190,8 +182,6 @@ class byte_ring {
   ring_control* c_ = nullptr;
   char* data_ = nullptr;
   std::size_t mask_ = 0;
-  std::uint64_t head_cache_ = 0;  // consumer's copy of head
-  std::uint64_t tail_cache_ = 0;  // producer's copy of tail
 };
 
 }  // namespace procpool::detail
