@@ -90,8 +90,14 @@ def target_rows(d):
     g = lambda w, p: d.get(w, {}).get(p)
     rows = []
 
-    def add(text, measured, ok):
-        rows.append((text, measured, "—" if ok is None else ("**met**" if ok else "**missed**")))
+    def add(text, measured, ok, reference=False):
+        if ok is None:
+            verdict = "—"
+        elif reference:  # no target of its own: the 1 MiB bar, shown for comparison
+            verdict = "above the bar" if ok else "below the bar"
+        else:
+            verdict = "**met**" if ok else "**missed**"
+        rows.append((text, measured, verdict))
 
     for peer in ("mp_pool", "ppe"):
         r = ratio("a.map_ints", peer, d, True)
@@ -104,17 +110,21 @@ def target_rows(d):
     add("(b) round trip <= 5 us while the pool is busy (median)",
         "—" if v is None else f"{v:.1f} us", None if v is None else v <= 5)
     v = g("b.busy.p99", "procpool")
-    add("(b) ... the same at p99 (stricter reading)", "—" if v is None else f"{v:.1f} us",
-        None if v is None else v <= 5)
+    add("(b) ... the same at p99 (stricter reading, for reference)", "—" if v is None else f"{v:.1f} us",
+        None if v is None else v <= 5, True)
     mem = g("c.memcpy", "memcpy")
-    for w, label in (("c.map_1MiB", "map of 1 MiB buffers"), ("c.apply_256MiB", "256 MiB apply_async")):
+    # The issue sets (c)'s target for the 1 MiB buffers; the one 256 MiB buffer
+    # is measured against the same bar for reference only.
+    for w, label, ref in (("c.map_1MiB", "map of 1 MiB buffers", False),
+                          ("c.apply_256MiB", "256 MiB apply_async (reference, no target)", True)):
         for peer in ("mp_pool", "ppe"):
             r = ratio(w, peer, d, True)
-            add(f"(c) {label} >= 10x {PEER_TITLE[peer]}", fmt_ratio(r), None if r is None else r >= 10)
+            add(f"(c) {label} >= 10x {PEER_TITLE[peer]}", fmt_ratio(r), None if r is None else r >= 10,
+                ref)
         p = g(w, "procpool")
         frac = None if p is None or not mem else p / mem
         add(f"(c) {label} >= 40% of memcpy", "—" if frac is None else f"{100 * frac:.0f}%",
-            None if frac is None else frac >= 0.4)
+            None if frac is None else frac >= 0.4, ref)
     for w, label in (("d.equal", "equal tasks"), ("d.skew", "skewed mix")):
         s = g(w, "procpool")
         add(f"(d) {label} >= 1.85x serial", "—" if s is None else f"{s:.2f}x",
@@ -203,7 +213,7 @@ def main():
   "background stream" is that thread's completed tasks per second during the probing.
 - **(c)** f(buffer) returns its length, so the numbers are transport cost. MB = 10^6 bytes.
   C++ passes `std::vector<char>`, Python `bytes`. procpool's `apply_async(big)` is called with an
-  lvalue, as a user would, which copies the argument into the call first.
+  lvalue, as a user would: the argument is copied once, into the message, when the call is made.
 - **(d)** each task is `burn(n)`: n dependent multiply-add-xorshift steps, n calibrated so
   that one task takes 25 ms in C++ (the Python peers get the same arithmetic with n calibrated
   to 25 ms *in Python*, and are compared with Python's own serial loop). Skewed mix: the task

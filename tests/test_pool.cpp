@@ -897,6 +897,18 @@ TEST_CASE("pool: an argument whose save() throws fails the call and the pool sta
   CHECK(code == 0);
 }
 
+TEST_CASE("pool: apply_async with an argument whose save() throws fails at get()",
+          "[pool][errors]") {
+  // apply_async encodes its arguments when called; an error doing so is kept
+  // and thrown by get(), as for any other failure of the task.
+  procpool::Pool pool([](const FragileSave& f, int k) { return f.v * k; }, 2);
+  auto bad = pool.apply_async(FragileSave{3, ""}, 2);
+  auto good = pool.apply_async(FragileSave{4, "x"}, 3);
+  CHECK_THROWS_WITH(bad.get(), Catch::Contains("cannot encode three"));
+  CHECK(good.get() == 12);
+  CHECK(pool.apply_async(FragileSave{5, ""}, 5).get() == 25);
+}
+
 // Regression test for the same fix: the input range's own iterator throws.
 TEST_CASE("pool: an input iterator that throws fails the call and the pool stays usable",
           "[pool][errors]") {
