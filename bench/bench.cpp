@@ -309,7 +309,7 @@ void section_c() {
   {
     procpool::Pool pool(length, g_workers);
     std::vector<std::uint64_t> r;
-    const double t = best_time(3, [&] { r = pool.map(bufs); });
+    const double t = best_time(5, [&] { r = pool.map(bufs); });
     check(ok_map(r), "c/procpool map");
     emit("c.map_1MiB", "procpool", total / t / 1e6, "MB/s");
     std::uint64_t got = 0;
@@ -321,7 +321,7 @@ void section_c() {
     // Zero-copy: the thread shares the caller's memory. An upper bound, not a peer.
     bench::thread_pool tp(g_workers);
     std::vector<std::uint64_t> r;
-    const double t = best_time(3, [&] { r = tp.map(length, bufs); });
+    const double t = best_time(5, [&] { r = tp.map(length, bufs); });
     check(ok_map(r), "c/threads map");
     emit("c.map_1MiB", "threads", total / t / 1e6, "MB/s");
     std::uint64_t got = 0;
@@ -338,7 +338,7 @@ void section_c() {
   {
     bench::mq_pool mq(g_workers, MiB, sizeof(std::uint64_t), 4, mq_handler);
     std::vector<std::uint64_t> r;
-    const double t = best_time(3, [&] {
+    const double t = best_time(5, [&] {
       r.assign(count, 0);
       std::vector<std::future<void>> futs;
       for (std::size_t i = 0; i < count; ++i)

@@ -198,7 +198,7 @@ def section_c():
             nonlocal r
             r = p.map(length, bufs)
 
-        t = best_time(3, run_map)
+        t = best_time(5, run_map)
         check(ok(r), "c/mp_pool map")
         emit("c.map_1MiB", "mp_pool", total / t / 1e6, "MB/s")
         got = [0]
@@ -216,7 +216,7 @@ def section_c():
             nonlocal r
             r = list(ex.map(length, bufs, chunksize=cs))
 
-        t = best_time(3, run_map)
+        t = best_time(5, run_map)
         check(ok(r), "c/ppe map")
         emit("c.map_1MiB", "ppe", total / t / 1e6, "MB/s")
         got = [0]
