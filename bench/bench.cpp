@@ -94,14 +94,14 @@ void section_a() {
     // cost procpool an indirect call per item that the thread pool does not pay).
     procpool::Pool pool([](int x) { return square(x); }, g_workers);
     std::vector<std::int64_t> r;
-    const double t = best_time(5, [&] { r = pool.map(xs); });
+    const double t = best_time(10, [&] { r = pool.map(xs); });
     check(ok(r), "a/procpool");
     emit("a.map_ints", "procpool", n / t, "items/s");
   }
   {
     bench::thread_pool tp(g_workers);
     std::vector<std::int64_t> r;
-    const double t = best_time(5, [&] { r = tp.map([](int x) { return square(x); }, xs); });
+    const double t = best_time(10, [&] { r = tp.map([](int x) { return square(x); }, xs); });
     check(ok(r), "a/threads");
     emit("a.map_ints", "threads", n / t, "items/s");
   }
@@ -121,7 +121,7 @@ void section_a() {
                         }
                       });
     std::vector<std::int64_t> r;
-    const double t = best_time(5, [&] {
+    const double t = best_time(10, [&] {
       r.assign(n, 0);
       std::vector<std::future<void>> futs;
       for (std::size_t b = 0; b < n; b += chunk) {
@@ -138,7 +138,7 @@ void section_a() {
   }
   {
     std::vector<std::int64_t> r(n);
-    const double t = best_time(5, [&] {
+    const double t = best_time(10, [&] {
       for (int i = 0; i < n; ++i) r[i] = square(xs[i]);
       asm volatile("" : : "r"(r.data()) : "memory");
     });

@@ -86,7 +86,7 @@ def section_a():
             nonlocal r
             r = p.map(square, xs)
 
-        t = best_time(3, run)
+        t = best_time(10, run)
         check(ok(r), "a/mp_pool")
         emit("a.map_ints", "mp_pool", n / t, "items/s")
     with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
@@ -96,7 +96,7 @@ def section_a():
             nonlocal r
             r = list(ex.map(square, xs, chunksize=cs))
 
-        t = best_time(3, run)
+        t = best_time(10, run)
         check(ok(r), "a/ppe")
         emit("a.map_ints", "ppe", n / t, "items/s")
 

@@ -190,7 +190,7 @@ def main():
     L.append("""- Every peer does the same work with 2 worker processes (threads for the thread pool);
   the C++ peers run in `procpool_bench` (bench.cpp), the Python ones in `python_peers.py`,
   each section in a fresh process. Throughputs, bandwidths and speedups take the **best** of
-  2 to 5 timed runs after a warm-up run (the run least disturbed by other processes on this
+  2 to 10 timed runs after a warm-up run (the run least disturbed by other processes on this
   shared machine), by the same rule for every peer; latencies are medians and p99s of
   per-call samples (counts in results.csv); start/stop times are medians.
 - **Python** uses the `fork` start method (the Linux default up to 3.13) and module-level
@@ -204,7 +204,10 @@ def main():
   /dev/shm, removed afterwards); a collector thread completes the callers' futures. One
   message per task (per chunk in (a)), so in (c) its message size is 1 MiB, then 256 MiB.
 - **(a)** inputs are `int` 0..999,999, results `int64` (Python ints do not overflow);
-  default chunking everywhere (125,000 items a chunk).
+  default chunking everywhere: Python's rule, 125,000 items a chunk, which procpool caps at
+  1/8 of its 1 MiB queue (32,768 ints). Best of 10 runs: in a fresh procpool process the
+  first four maps took 6-12 ms and later ones 1.3-1.8 ms (perf: the parent in page faults),
+  so 5 runs left the figure varying 2x from run to run.
 - **(b)** one `apply_async(x).get()` (Python: `apply_async(...).get()`, `submit(...).result()`;
   thread pool: `submit().get()`; mq: one message each way). *idle*: back to back, so workers
   that spin after a task are still spinning; *1 ms apart*: a 1 ms sleep before each call, so
