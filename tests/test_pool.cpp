@@ -897,6 +897,23 @@ TEST_CASE("pool: an argument whose save() throws fails the call and the pool sta
   CHECK(code == 0);
 }
 
+TEST_CASE("pool: apply_async with no arguments and with several of mixed kinds", "[pool]") {
+  // Regression: apply_async encodes its arguments at the call; std::tuple<> is
+  // trivially copyable and travels as one byte, which the element-by-element
+  // encoding left out ("a message ended 1 bytes early").
+  procpool::Pool none([] { return 42; }, 1);
+  CHECK(none.apply_async().get() == 42);
+  procpool::Pool mixed(
+      [](int a, const std::string& b, const std::vector<double>& c) {
+        return b + ":" + std::to_string(a) + ":" + std::to_string(c.size());
+      },
+      1);
+  std::string s = "x";
+  auto r = mixed.apply_async(3, s, std::vector<double>(5, 1.0));
+  s = "changed after the call";  // the task got a copy, made when apply_async was called
+  CHECK(r.get() == "x:3:5");
+}
+
 TEST_CASE("pool: apply_async with an argument whose save() throws fails at get()",
           "[pool][errors]") {
   // apply_async encodes its arguments when called; an error doing so is kept

@@ -880,13 +880,17 @@ auto Pool<F>::apply_async(Args&&... args) {
   using R = detail::call_result_t<F, Arg, detail::call_style::apply>;
   if constexpr (!std::is_void_v<R>) detail::require_transferable<R>();
   detail::require_transferable<Arg>();
-  // Encoded now, straight from the arguments: a tuple encodes as its elements
-  // one after another, so this is exactly Arg's encoding.
+  // Encoded now, straight from the arguments: a tuple that is not trivially
+  // copyable encodes as its elements one after another, so this is exactly
+  // Arg's encoding.
   detail::byte_buffer msg;
   std::exception_ptr failed;
   try {
     msg.grow(detail::chunk::items_at);
-    (detail::encode<std::decay_t<Args>>(msg, args), ...);
+    if constexpr (detail::bitwise<Arg>)
+      detail::encode<Arg>(msg, Arg(args...));  // std::tuple<> is trivially copyable: 1 byte
+    else
+      (detail::encode<std::decay_t<Args>>(msg, args), ...);
     if (msg.size() - detail::chunk::items_at > std::numeric_limits<std::uint32_t>::max())
       throw usage_error("procpool: one item encodes to over 4 GiB; split it");
   } catch (...) {

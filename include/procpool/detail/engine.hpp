@@ -117,9 +117,12 @@ struct task_context {
   slot_shared* slot;
   bool timed;
 
+  // The start time is stored before the item (release), and the timeout check
+  // loads the item (acquire) before the time: it never pairs an item with the
+  // start of the one before, which would blame an item that has just begun.
   void begin_item(std::uint64_t i) noexcept {
-    slot->running_item.store(i, std::memory_order_relaxed);
     if (timed) slot->running_since.store(monotonic_ns(), std::memory_order_relaxed);
+    slot->running_item.store(i, std::memory_order_release);
     slot->running_seq.store(seq, std::memory_order_release);
   }
   void end_item() noexcept { slot->running_seq.store(0, std::memory_order_release); }
@@ -128,8 +131,8 @@ struct task_context {
   /// items blames the one before (its result was not sent either).
   void begin_items() noexcept { begin_item(0); }
   void next_item(std::uint64_t i) noexcept {
-    slot->running_item.store(i, std::memory_order_relaxed);
     if (timed) slot->running_since.store(monotonic_ns(), std::memory_order_relaxed);
+    slot->running_item.store(i, std::memory_order_release);
   }
   /// Records the exception being handled as item @p i's error.
   void fail_current(std::uint64_t i) {
@@ -684,7 +687,16 @@ inline bool engine::drain(worker& w) {
       const auto sp = w.results.spans(size);
       bool done = false;
       if (sp.nb == 0) {
-        on_message(w, sp.a, size);
+        // As on the copying path: the message is gone from the ring whatever
+        // on_message throws, so it is never read twice.
+        w.have_header = false;
+        try {
+          on_message(w, sp.a, size);
+        } catch (...) {
+          w.results.consume(size);
+          slot(w.slot)->worker_ev.notify();
+          throw;
+        }
         done = true;
       } else {
         done = place_wrapped(w, sp);  // else: copied out below, as any other message
@@ -786,9 +798,18 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
         values_at = r.position();
         values_size = static_cast<std::size_t>(rh.errors_at - sizeof rh);
       } catch (const decode_error&) {
-        const auto e = std::current_exception();
-        for (std::uint64_t i = 0; i < c.count(); ++i) c.owner->fail(c.base + i, e);
         values_at = nullptr;
+        const auto e = std::current_exception();
+        try {
+          for (std::uint64_t i = 0; i < c.count(); ++i) c.owner->fail(c.base + i, e);
+        } catch (...) {
+          c.owner->abort(std::current_exception());
+        }
+      } catch (...) {
+        // bad_alloc reading the error records: the chunk is off the in-flight
+        // list, so its job fails whole rather than wait for it for ever.
+        values_at = nullptr;
+        c.owner->abort(std::current_exception());
       }
       if (values_at) {
         reader values(values_at, values_size);
@@ -946,7 +967,7 @@ inline void engine::check_workers() {
       // Read twice: only a consistent (seq, item) pair that is still running
       // past the limit is killed and blamed.
       const std::uint64_t seq = s->running_seq.load(std::memory_order_acquire);
-      const std::uint64_t item = s->running_item.load(std::memory_order_relaxed);
+      const std::uint64_t item = s->running_item.load(std::memory_order_acquire);
       const std::int64_t since = s->running_since.load(std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_acquire);
       if (seq != 0 && now - since > limit && s->running_seq.load() == seq &&
