@@ -706,7 +706,7 @@ inline bool engine::drain(worker& w) {
         w.results.consume(size);
         slot(w.slot)->worker_ev.notify();  // space freed
         progress = true;
-        if (w.pid == 0) break;
+        if (w.pid == 0 || w.corrupt) break;  // killed: nothing more of it is trusted
         continue;
       }
     }
@@ -724,7 +724,7 @@ inline bool engine::drain(worker& w) {
     if (w.got < size) break;
     w.have_header = false;
     on_message(w, w.body.data(), w.body.size());
-    if (w.pid == 0) break;
+    if (w.pid == 0 || w.corrupt) break;
   }
   return progress;
 }
