@@ -224,6 +224,16 @@ void emit_latency(const char* mode, const char* peer, const latency& l) {
 
 int tiny(int x) { return x * x; }
 
+/// tiny() as a message_queue pool handler: one int in, one int out.
+void tiny_handler(std::uint32_t, const char* in, std::size_t, std::vector<char>& out) {
+  int x;
+  std::memcpy(&x, in, sizeof x);
+  const int y = tiny(x);
+  const std::size_t at = out.size();
+  out.resize(at + sizeof y);
+  std::memcpy(out.data() + at, &y, sizeof y);
+}
+
 void section_b() {
   constexpr std::size_t n_idle = 20000, n_sleep = 1000, n_busy = 5000;
   constexpr double max_s = 2.0;
@@ -251,15 +261,7 @@ void section_b() {
     emit("b.busy.bg_rate", "threads", rate, "tasks/s");
   }
   {
-    bench::mq_pool mq(g_workers, sizeof(int), sizeof(int), 64,
-                      [](std::uint32_t, const char* in, std::size_t, std::vector<char>& out) {
-                        int x;
-                        std::memcpy(&x, in, sizeof x);
-                        const int y = tiny(x);
-                        const std::size_t at = out.size();
-                        out.resize(at + sizeof y);
-                        std::memcpy(out.data() + at, &y, sizeof y);
-                      });
+    bench::mq_pool mq(g_workers, sizeof(int), sizeof(int), 64, tiny_handler);
     auto call = [&](int x, int* result) {
       return mq.submit(1, &x, sizeof x, [result](const char* p, std::size_t) {
         if (result) std::memcpy(result, p, sizeof *result);
@@ -510,17 +512,9 @@ void section_e() {
     bench::thread_pool tp(2);
     check(tp.map(tiny, four).back() == 16, "e/threads");
   });
-  const auto handler = [](std::uint32_t, const char* in, std::size_t, std::vector<char>& out) {
-    int x;
-    std::memcpy(&x, in, sizeof x);
-    const int y = tiny(x);
-    const std::size_t at = out.size();
-    out.resize(at + sizeof y);
-    std::memcpy(out.data() + at, &y, sizeof y);
-  };
-  run("ctor_dtor", "mq", [&] { bench::mq_pool mq(2, 64, 64, 16, handler); });
+  run("ctor_dtor", "mq", [&] { bench::mq_pool mq(2, 64, 64, 16, tiny_handler); });
   run("ctor_map_close_join", "mq", [&] {
-    bench::mq_pool mq(2, 64, 64, 16, handler);
+    bench::mq_pool mq(2, 64, 64, 16, tiny_handler);
     std::vector<int> r(4);
     std::vector<std::future<void>> futs;
     for (int i = 0; i < 4; ++i)

@@ -329,6 +329,17 @@ void encode(byte_buffer& out, const T& v) {
   }
 }
 
+/// Appends exactly what encode<std::tuple<Ts...>> would for a tuple of
+/// @p args, without building the tuple (apply_async's arguments, copied once).
+template <class... Ts>
+void encode_tuple_of(byte_buffer& out, const Ts&... args) {
+  using T = std::tuple<Ts...>;
+  if constexpr (bitwise<T>)
+    encode<T>(out, T(args...));  // std::tuple<> is trivially copyable: one byte
+  else
+    (encode<Ts>(out, args), ...);  // element by element, as encode_elements does
+}
+
 template <class T, std::size_t... I>
 T decode_elements(reader& in, std::index_sequence<I...>) {
   // Braced initialization evaluates left to right, matching encode's order.

@@ -261,11 +261,10 @@ class collect_job : public result_job<R> {
 
   void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
                reader& values) override {
-    if constexpr (bitwise<R> && std::default_initializable<R> && !std::is_same_v<R, bool>) {
-      // The common case, one block: copy it straight into place.
-      if (failed.empty() && values.remaining() == count * sizeof(R)) {
-        grow_to(base + count);
-        values.read(values_.data() + base, count * sizeof(R));
+    // The common case, one block of fixed-size values: copy it straight into place.
+    if (failed.empty()) {
+      if (char* dst = place(base, count, values.remaining())) {
+        values.read(dst, values.remaining());
         return;
       }
     }
@@ -880,17 +879,12 @@ auto Pool<F>::apply_async(Args&&... args) {
   using R = detail::call_result_t<F, Arg, detail::call_style::apply>;
   if constexpr (!std::is_void_v<R>) detail::require_transferable<R>();
   detail::require_transferable<Arg>();
-  // Encoded now, straight from the arguments: a tuple that is not trivially
-  // copyable encodes as its elements one after another, so this is exactly
-  // Arg's encoding.
+  // Encoded now, straight from the arguments (Arg's encoding, without building Arg).
   detail::byte_buffer msg;
   std::exception_ptr failed;
   try {
     msg.grow(detail::chunk::items_at);
-    if constexpr (detail::bitwise<Arg>)
-      detail::encode<Arg>(msg, Arg(args...));  // std::tuple<> is trivially copyable: 1 byte
-    else
-      (detail::encode<std::decay_t<Args>>(msg, args), ...);
+    detail::encode_tuple_of<std::decay_t<Args>...>(msg, args...);
     if (msg.size() - detail::chunk::items_at > std::numeric_limits<std::uint32_t>::max())
       throw usage_error("procpool: one item encodes to over 4 GiB; split it");
   } catch (...) {

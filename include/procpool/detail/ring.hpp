@@ -140,10 +140,6 @@ class byte_ring {
   void consume(std::size_t n) noexcept {
     c_->tail.store(c_->tail.load(std::memory_order_relaxed) + n, std::memory_order_release);
   }
-  /// Copies @p n readable bytes without consuming them.
-  void peek(char* p, std::size_t n) const noexcept {
-    copy_out(static_cast<std::size_t>(c_->tail.load(std::memory_order_relaxed)) & mask_, p, n);
-  }
   /// Reads up to @p n bytes; returns how many.
   std::size_t read_some(char* p, std::size_t n) noexcept {
     const std::size_t avail = readable();
