@@ -638,19 +638,27 @@ TEST_CASE("a worker killed from outside fails its item with worker_lost", "[fail
   procpool::Pool pool(f, 2);
   pid_t killed = 0;
   double kill_at_ms = 0;
+  std::atomic<bool> mapped{false};
   const auto t0 = clk::now();
   std::thread killer([&] {
     // Wait for the sleeping item to start, then kill its worker from outside.
     while (s->sleeper.load() == 0 && clk::now() - t0 < 10s) sleep_for_ms(1);
     killed = s->sleeper.load();
+    std::vector<pid_t> pids;
     if (killed) {
-      const auto pids = pool.pids();
+      pids = pool.pids();
       if (std::count(pids.begin(), pids.end(), killed)) ::kill(killed, SIGKILL);
     }
     kill_at_ms = ms_since(t0);
+    // Free nothing and do not exit while the pool may fork the replacement:
+    // a thread's exit returns its allocator cache under a lock, and a child
+    // forked then hangs in its first malloc under ASan and TSan (see
+    // busy_threads below).
+    while (!mapped.load()) sleep_for_ms(1);
   });
   auto out = pool.try_map(iota_vec(0, 30), {.chunksize = 1});
   const double total = ms_since(t0);
+  mapped = true;
   killer.join();
   REQUIRE(killed != 0);
   REQUIRE(out.size() == 30);
