@@ -38,7 +38,7 @@ struct pool_options {
 /// Options of map, imap, imap_unordered, starmap and their _async forms.
 struct map_options {
   /// Items sent to a worker at a time. 0 picks one: Python's rule
-  /// (len / (4 * processes), rounded up), capped at 1/8 of a queue for
+  /// (len / (4 * processes), rounded up), capped at 1/32 of a queue for
   /// fixed-size items so that chunks pipeline, and for imap at 256 items so
   /// that results flow and memory in flight stays bounded. Whatever the count,
   /// a chunk stops growing at half a queue in bytes.
