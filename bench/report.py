@@ -205,9 +205,9 @@ def main():
   message per task (per chunk in (a)), so in (c) its message size is 1 MiB, then 256 MiB.
 - **(a)** inputs are `int` 0..999,999, results `int64` (Python ints do not overflow);
   default chunking everywhere: Python's rule, 125,000 items a chunk, which procpool caps at
-  1/8 of its 1 MiB queue (32,768 ints). Best of 10 runs: in a fresh procpool process the
-  first four maps took 6-12 ms and later ones 1.3-1.8 ms (perf: the parent in page faults),
-  so 5 runs left the figure varying 2x from run to run.
+  1/32 of its 1 MiB queue (8,192 ints). Best of 10 runs: a fresh pool's first maps are
+  slower (perf: the parent in page faults), and single maps on this shared machine vary up
+  to 1.5x from process to process.
 - **(b)** one `apply_async(x).get()` (Python: `apply_async(...).get()`, `submit(...).result()`;
   thread pool: `submit().get()`; mq: one message each way). *idle*: back to back, so workers
   that spin after a task are still spinning; *1 ms apart*: a 1 ms sleep before each call, so

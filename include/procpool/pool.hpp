@@ -710,7 +710,8 @@ class Pool {
   /// Python's rule (len / (4 * processes), rounded up), capped at @p cap items;
   /// fixed-size items are also capped at 1/32 of a queue (32 KiB of arguments
   /// with the default queue), so chunks pipeline and stay in cache: for a map
-  /// of 1M ints, 8,192-item chunks ran 10-15% faster here than 32,768 (1/8).
+  /// of 1M ints, best of 30 in one process, 8,192-item chunks took 1.22 ms
+  /// here and 32,768 (the old 1/8) 1.41 ms.
   template <class Arg>
   std::size_t auto_chunksize(std::size_t n, std::size_t cap) const {
     if constexpr (detail::bitwise<Arg>)
