@@ -656,7 +656,14 @@ TEST_CASE("a worker killed from outside fails its item with worker_lost", "[fail
     // busy_threads below).
     while (!mapped.load()) sleep_for_ms(1);
   });
-  auto out = pool.try_map(iota_vec(0, 30), {.chunksize = 1});
+  std::vector<procpool::outcome<int>> out;
+  try {
+    out = pool.try_map(iota_vec(0, 30), {.chunksize = 1});
+  } catch (...) {
+    mapped = true;
+    killer.join();
+    throw;
+  }
   const double total = ms_since(t0);
   mapped = true;
   killer.join();
