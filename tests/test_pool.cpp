@@ -1272,6 +1272,77 @@ TEST_CASE("pool: imap, map and apply_async from three threads at once", "[pool][
   CHECK(problems[2] == "");
 }
 
+// A thread that waits for a result while another thread drives (waiting for a
+// worker) takes over driving, and the other waits until it is done. Both must
+// get their results, also when one of them gives up at a timeout.
+TEST_CASE("pool: callers that take over driving from a waiting thread all get their results",
+          "[pool][threads]") {
+  procpool::Pool pool(
+      [](int x) {
+        if (x < 0) sleep_ms(-x);
+        return x * 3;
+      },
+      2);
+  std::string slow_problem, timed_problem;
+  std::thread slow([&] {
+    try {
+      // Drives first, mostly asleep waiting for this task; replaced below.
+      if (pool.apply_async(-400).get() != -1200) slow_problem = "wrong result";
+    } catch (const std::exception& e) {
+      slow_problem = std::string("threw: ") + e.what();
+    }
+  });
+  std::thread timed([&] {
+    try {
+      auto r = pool.apply_async(-300);
+      sleep_ms(20);
+      if (r.wait_for(50ms)) timed_problem = "ready too early";
+      if (r.get() != -900) timed_problem = "wrong result";
+    } catch (const std::exception& e) {
+      timed_problem = std::string("threw: ") + e.what();
+    }
+  });
+  sleep_ms(50);
+  std::size_t wrong = 0;
+  for (int i = 0; i < 3000; ++i) wrong += pool.apply_async(i).get() != i * 3;
+  slow.join();
+  timed.join();
+  CHECK(wrong == 0);
+  CHECK(slow_problem == "");
+  CHECK(timed_problem == "");
+}
+
+TEST_CASE("pool: four threads of apply_async round trips at once", "[pool][threads]") {
+  procpool::Pool pool([](int x) { return x + 7; }, 2);
+  std::array<std::size_t, 4> wrong{};
+  std::array<std::string, 4> threw;
+  std::vector<std::thread> ts;
+  for (std::size_t t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      try {
+        const int base = static_cast<int>(t) * 100'000;
+        // One at a time, and a few in flight: both wait while others drive.
+        for (int i = 0; i < 2000; ++i) {
+          if (i % 2) {
+            wrong[t] += pool.apply_async(base + i).get() != base + i + 7;
+          } else {
+            auto a = pool.apply_async(base + i);
+            auto b = pool.apply_async(base + i + 1);
+            wrong[t] += b.get() != base + i + 8;
+            wrong[t] += a.get() != base + i + 7;
+          }
+        }
+      } catch (const std::exception& e) {
+        threw[t] = e.what();
+      }
+    });
+  for (auto& th : ts) th.join();
+  for (std::size_t t = 0; t < 4; ++t) {
+    CHECK(wrong[t] == 0);
+    CHECK(threw[t] == "");
+  }
+}
+
 // ---------------------------------------------------------------- close, join, terminate
 
 TEST_CASE("pool: close() forbids new work and join() needs close() first", "[pool][lifecycle]") {
@@ -1404,6 +1475,47 @@ TEST_CASE("pool: terminate() from another thread interrupts a get() in progress"
   CHECK_FALSE(got_value);
   REQUIRE(err != nullptr);
   CHECK_THROWS_AS(std::rethrow_exception(err), procpool::pool_terminated);
+}
+
+// The same with two callers: one driving round trips, one replaced by it and
+// waiting for a long task. Both end with pool_terminated, promptly.
+TEST_CASE("pool: terminate() ends both a driving caller and one it took over from",
+          "[pool][lifecycle][threads]") {
+  procpool::Pool pool(
+      [](int x) {
+        if (x < 0) sleep_ms(-x);
+        return x;
+      },
+      2);
+  std::exception_ptr slow_err, fast_err;
+  int fast_done = 0;
+  std::thread slow([&] {
+    try {
+      (void)pool.apply_async(-5000).get();
+    } catch (...) {
+      slow_err = std::current_exception();
+    }
+  });
+  sleep_ms(50);
+  std::thread fast([&] {
+    try {
+      for (;; ++fast_done) (void)pool.apply_async(fast_done).get();
+    } catch (...) {
+      fast_err = std::current_exception();
+    }
+  });
+  sleep_ms(200);
+  const auto t0 = Clock::now();
+  pool.terminate();
+  slow.join();
+  fast.join();
+  CHECK(seconds_since(t0) < 2.0);
+  CHECK(fast_done > 0);
+  REQUIRE(slow_err != nullptr);
+  CHECK_THROWS_AS(std::rethrow_exception(slow_err), procpool::pool_terminated);
+  REQUIRE(fast_err != nullptr);
+  // Terminated mid-round trip, or refused the next one.
+  CHECK_THROWS_AS(std::rethrow_exception(fast_err), procpool::error);
 }
 
 // Once a stream job is aborted, the abort error is reported once and the range

@@ -372,8 +372,11 @@ inline std::size_t round_up_pow2(std::size_t n) {
 }
 
 /// The scheduler. Owns the shared memory, the workers and the queue of jobs.
-/// No thread of its own: whichever caller waits on a result drives it
-/// (one at a time, the others wait on a condition variable).
+/// No thread of its own: whichever caller waits on a result drives it (one at
+/// a time, the others wait on a condition variable). A caller that arrives
+/// while the driver waits for an event takes over from it, and the driver
+/// becomes one of those waiting: on a busy machine the driver may not even be
+/// running, and waking it and then the caller costs two context switches.
 class engine {
  public:
   engine(const pool_options& opts, void* fn);
@@ -451,8 +454,21 @@ class engine {
   void check_workers();
   void on_death(worker& w, int exitcode);
   void requeue(const chunk& c, std::uint64_t from, std::uint64_t to);
-  void wait_for_event(std::int64_t deadline);
-  bool has_event();
+  /// What a driver waiting for an event looks at, copied under the lock: once
+  /// it lets the lock go another caller may take over driving (see run_until),
+  /// and the worker records are then that caller's.
+  struct watch_set {
+    std::uint64_t gen = 0;
+    std::int64_t last_progress_ns = 0, next_check = 0;
+    struct ring_pair {
+      byte_ring results, tasks;
+      bool blocked;  // has bytes to send when the task ring has room
+    };
+    std::vector<ring_pair> rings;
+  };
+  void fill_watch(watch_set& ws);
+  bool wait_for_event(std::int64_t deadline, const watch_set& ws);
+  bool has_event(const watch_set& ws, bool& poked);
   void break_pool(std::exception_ptr e);
   bool all_done() const;
   void throw_if_unusable() const;
@@ -476,6 +492,9 @@ class engine {
   std::mutex m_;
   std::condition_variable cv_;
   bool pumping_ = false;              // a thread is driving; only it touches the rings
+  bool driver_waiting_ = false;       // the driver waits for an event, without the lock:
+                                      // another caller may take over (run_until)
+  std::atomic<std::uint64_t> driver_gen_{0};  // bumped when a waiting driver is replaced
   std::atomic<bool> poke_{false};     // another thread needs the driver to look again
   bool terminate_requested_ = false;  // terminate() waits for the driver: do not start another
 };
@@ -579,30 +598,62 @@ void engine::run_until(Done done) {
 template <class Done>
 bool engine::run_until(Done done, std::int64_t deadline) {
   std::unique_lock lk(m_);
+  bool replaced = false;  // another caller took over driving from us: wait for it to finish
+  thread_local watch_set ws;  // reused: no allocation per wait (filled before each one)
   for (;;) {
     if (done()) return true;
-    if (pumping_ || terminate_requested_) {
+    // A poll (deadline already past) never takes over: the driver will see to it.
+    const bool can_take_over =
+        pumping_ && driver_waiting_ && !replaced && monotonic_ns() < deadline;
+    if ((pumping_ && !can_take_over) || terminate_requested_) {
       // Another thread drives (or terminate() waits for it); it notifies each round.
       if (monotonic_ns() >= deadline) return false;
       cv_.wait_for(lk, std::chrono::milliseconds(10));
       continue;
     }
+    if (can_take_over) {
+      // The driver is between rounds, waiting for an event with the lock let go.
+      // Drive in its place rather than sleep until it notices our work: on a
+      // busy machine it may not even be running.
+      driver_waiting_ = false;
+      driver_gen_.fetch_add(1, std::memory_order_relaxed);
+      shared()->parent_ev.notify();  // wake it if asleep: it then waits for us
+    }
     pumping_ = true;
+    const std::uint64_t gen = driver_gen_.load(std::memory_order_relaxed);
     bool progress = false;
     bool expired = false;
     try {
       progress = pump();  // at least one round, even with a past deadline: ready() relies on it
       if (!done()) {
         expired = !progress && monotonic_ns() >= deadline;
-        // Let the lock go between rounds: submit() and readers never wait for us.
-        lk.unlock();
-        if (!progress && !expired) wait_for_event(deadline);
-        lk.lock();
+        if (!expired) {
+          // Let the lock go between rounds: submit() and readers never wait for us.
+          bool poked = false;
+          if (!progress) fill_watch(ws);
+          ws.gen = gen;
+          driver_waiting_ = true;
+          lk.unlock();
+          if (!progress) poked = wait_for_event(deadline, ws);
+          lk.lock();
+          if (driver_gen_.load(std::memory_order_relaxed) != gen) {
+            replaced = true;
+            if (poked) {  // the poke was for the new driver
+              poke_.store(true);
+              shared()->parent_ev.notify();
+            }
+            continue;
+          }
+          driver_waiting_ = false;
+        }
       }
     } catch (...) {
       if (!lk.owns_lock()) lk.lock();
-      pumping_ = false;
-      cv_.notify_all();
+      if (driver_gen_.load(std::memory_order_relaxed) == gen) {
+        driver_waiting_ = false;
+        pumping_ = false;
+        cv_.notify_all();
+      }
       throw;
     }
     pumping_ = false;
@@ -627,38 +678,51 @@ inline bool engine::pump() {
   return progress;
 }
 
-inline bool engine::has_event() {
-  // A submit() or terminate() wants the driver (a load first: this runs in the spin loop).
-  if (poke_.load(std::memory_order_relaxed) && poke_.exchange(false)) return true;
+inline void engine::fill_watch(watch_set& ws) {
+  ws.last_progress_ns = last_progress_ns_;
+  ws.next_check = next_check_;
+  ws.rings.clear();
   for (auto& w : workers_) {
     if (w.pid == 0 || w.corrupt) continue;
-    if (w.results.readable() > 0) return true;
-    if (w.sent < w.inflight.size() && w.tasks.writable() > 0) return true;
+    ws.rings.push_back({w.results, w.tasks, w.sent < w.inflight.size()});
+  }
+}
+
+inline bool engine::has_event(const watch_set& ws, bool& poked) {
+  if (driver_gen_.load(std::memory_order_relaxed) != ws.gen) return true;  // replaced
+  // A submit() or terminate() wants the driver (a load first: this runs in the spin loop).
+  if (poke_.load(std::memory_order_relaxed) && poke_.exchange(false)) return poked = true;
+  for (auto& r : ws.rings) {
+    if (r.results.readable() > 0) return true;
+    if (r.blocked && r.tasks.writable() > 0) return true;
   }
   return false;
 }
 
 /// Spins briefly, then sleeps until a worker publishes, a submit() wakes us,
-/// or the next liveness check is due. Called without the lock, by the driver.
-inline void engine::wait_for_event(std::int64_t deadline) {
+/// the next liveness check is due, or another caller takes over. Called
+/// without the lock; sees only @p ws and atomics. True if it took a poke.
+inline bool engine::wait_for_event(std::int64_t deadline, const watch_set& ws) {
+  bool poked = false;
   const std::int64_t start = monotonic_ns();
   // Spin only while answers are flowing; a pool whose tasks run long sleeps at
   // once, leaving the CPUs to the workers.
-  if (start - last_progress_ns_ < 2 * spin_ns) {
+  if (start - ws.last_progress_ns < 2 * spin_ns) {
     for (unsigned i = 0;; ++i) {
-      if (has_event()) return;
+      if (has_event(ws, poked)) return poked;
       cpu_relax();
       if ((i & 63) == 63 && monotonic_ns() - start > spin_ns) break;
     }
   }
   event& ev = shared()->parent_ev;
   const std::uint32_t seen = ev.prepare();
-  if (!has_event()) {
+  if (!has_event(ws, poked)) {
     const std::int64_t now = monotonic_ns();
-    std::int64_t until = std::min(deadline, std::max(next_check_, now + 100'000));
+    std::int64_t until = std::min(deadline, std::max(ws.next_check, now + 100'000));
     ev.wait(seen, std::max<std::int64_t>(until - now, 1000));
   }
   ev.retire();
+  return poked;
 }
 
 inline bool engine::drain(worker& w) {
