@@ -77,14 +77,8 @@ double ms_since(clk::time_point t0) {
 
 void sleep_for_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef PROCPOOL_TEST_ASAN
 constexpr bool under_asan = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool under_asan = true;
-#else
-constexpr bool under_asan = false;
-#endif
 #else
 constexpr bool under_asan = false;
 #endif
