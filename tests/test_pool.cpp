@@ -1312,6 +1312,26 @@ TEST_CASE("pool: callers that take over driving from a waiting thread all get th
   CHECK(timed_problem == "");
 }
 
+// Waiting keeps no per-thread state: a thread_local made before the first wait
+// is destroyed after anything the wait could have left, and may wait again.
+TEST_CASE("pool: a thread_local's destructor can wait on a pool", "[pool][threads]") {
+  procpool::Pool pool(square, 1);
+  using P = decltype(pool);
+  struct waits_at_exit {
+    P* pool;
+    int* out;
+    ~waits_at_exit() { *out = pool->apply_async(6).get(); }
+  };
+  int first = 0, last = 0;
+  std::thread t([&] {
+    thread_local waits_at_exit later{&pool, &last};
+    first = pool.apply_async(5).get();
+  });
+  t.join();
+  CHECK(first == 25);
+  CHECK(last == 36);
+}
+
 TEST_CASE("pool: four threads of apply_async round trips at once", "[pool][threads]") {
   procpool::Pool pool([](int x) { return x + 7; }, 2);
   std::array<std::size_t, 4> wrong{};

@@ -457,14 +457,33 @@ class engine {
   /// What a driver waiting for an event looks at, copied under the lock: once
   /// it lets the lock go another caller may take over driving (see run_until),
   /// and the worker records are then that caller's.
+  /// Lives in run_until's frame (a thread_local would be gone when a static's
+  /// destructor waits on a pool); the first few workers' rings need no allocation.
   struct watch_set {
-    std::uint64_t gen = 0;
-    std::int64_t last_progress_ns = 0, next_check = 0;
     struct ring_pair {
       byte_ring results, tasks;
-      bool blocked;  // has bytes to send when the task ring has room
+      bool blocked = false;  // has bytes to send when the task ring has room
     };
-    std::vector<ring_pair> rings;
+    static constexpr std::size_t inline_rings = 8;
+    std::uint64_t gen = 0;
+    std::int64_t last_progress_ns = 0, next_check = 0;
+    std::size_t n = 0;
+    ring_pair few[inline_rings];
+    std::vector<ring_pair> more;
+
+    void add(const ring_pair& r) {
+      if (n < inline_rings) few[n] = r;
+      else more.push_back(r);
+      ++n;
+    }
+    template <class Fn>
+    bool any(Fn fn) const {
+      for (std::size_t i = 0; i < n && i < inline_rings; ++i)
+        if (fn(few[i])) return true;
+      for (const auto& r : more)
+        if (fn(r)) return true;
+      return false;
+    }
   };
   void fill_watch(watch_set& ws);
   bool wait_for_event(std::int64_t deadline, const watch_set& ws);
@@ -599,7 +618,7 @@ template <class Done>
 bool engine::run_until(Done done, std::int64_t deadline) {
   std::unique_lock lk(m_);
   bool replaced = false;  // another caller took over driving from us: wait for it to finish
-  thread_local watch_set ws;  // reused: no allocation per wait (filled before each one)
+  watch_set ws;  // what we watch while waiting; filled before each wait
   for (;;) {
     if (done()) return true;
     // A poll (deadline already past) never takes over: the driver will see to it.
@@ -681,10 +700,11 @@ inline bool engine::pump() {
 inline void engine::fill_watch(watch_set& ws) {
   ws.last_progress_ns = last_progress_ns_;
   ws.next_check = next_check_;
-  ws.rings.clear();
+  ws.n = 0;
+  ws.more.clear();
   for (auto& w : workers_) {
     if (w.pid == 0 || w.corrupt) continue;
-    ws.rings.push_back({w.results, w.tasks, w.sent < w.inflight.size()});
+    ws.add({w.results, w.tasks, w.sent < w.inflight.size()});
   }
 }
 
@@ -692,11 +712,9 @@ inline bool engine::has_event(const watch_set& ws, bool& poked) {
   if (driver_gen_.load(std::memory_order_relaxed) != ws.gen) return true;  // replaced
   // A submit() or terminate() wants the driver (a load first: this runs in the spin loop).
   if (poke_.load(std::memory_order_relaxed) && poke_.exchange(false)) return poked = true;
-  for (auto& r : ws.rings) {
-    if (r.results.readable() > 0) return true;
-    if (r.blocked && r.tasks.writable() > 0) return true;
-  }
-  return false;
+  return ws.any([](const watch_set::ring_pair& r) {
+    return r.results.readable() > 0 || (r.blocked && r.tasks.writable() > 0);
+  });
 }
 
 /// Spins briefly, then sleeps until a worker publishes, a submit() wakes us,
