@@ -40,6 +40,16 @@ def best_time(reps, fn, warm=True):
     return min(ts)
 
 
+def best_timed(reps, fn):
+    """best_time of fn, and what fn returned on its last run."""
+    out = [None]
+
+    def run():
+        out[0] = fn()
+
+    return best_time(reps, run), out[0]
+
+
 def percentile(v, p):
     v = sorted(v)
     k = min(max(math.ceil(p * len(v)), 1), len(v))
@@ -80,23 +90,12 @@ def section_a():
     xs = list(range(n))
     ok = lambda r: len(r) == n and r[12345] == 12345 * 12345 and r[-1] == (n - 1) ** 2
     with CTX.Pool(WORKERS) as p:
-        r = None
-
-        def run():
-            nonlocal r
-            r = p.map(square, xs)
-
-        t = best_time(10, run)
+        t, r = best_timed(10, lambda: p.map(square, xs))
         check(ok(r), "a/mp_pool")
         emit("a.map_ints", "mp_pool", n / t, "items/s")
     with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
         cs = python_chunksize(n, WORKERS)  # ex.map's default of 1 would take minutes
-
-        def run():
-            nonlocal r
-            r = list(ex.map(square, xs, chunksize=cs))
-
-        t = best_time(10, run)
+        t, r = best_timed(10, lambda: list(ex.map(square, xs, chunksize=cs)))
         check(ok(r), "a/ppe")
         emit("a.map_ints", "ppe", n / t, "items/s")
 
@@ -192,40 +191,19 @@ def section_c():
     big = b"\x01" * (256 * MiB)
     ok = lambda r: len(r) == count and r[0] == MiB and r[-1] == MiB
     with CTX.Pool(WORKERS) as p:
-        r = None
-
-        def run_map():
-            nonlocal r
-            r = p.map(length, bufs)
-
-        t = best_time(5, run_map)
+        t, r = best_timed(5, lambda: p.map(length, bufs))
         check(ok(r), "c/mp_pool map")
         emit("c.map_1MiB", "mp_pool", total / t / 1e6, "MB/s")
-        got = [0]
-
-        def run_apply():
-            got[0] = p.apply_async(length, (big,)).get()
-
-        t = best_time(3, run_apply)
-        check(got[0] == len(big), "c/mp_pool apply")
+        t, got = best_timed(3, lambda: p.apply_async(length, (big,)).get())
+        check(got == len(big), "c/mp_pool apply")
         emit("c.apply_256MiB", "mp_pool", len(big) / t / 1e6, "MB/s")
     with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
         cs = python_chunksize(count, WORKERS)
-
-        def run_map():
-            nonlocal r
-            r = list(ex.map(length, bufs, chunksize=cs))
-
-        t = best_time(5, run_map)
+        t, r = best_timed(5, lambda: list(ex.map(length, bufs, chunksize=cs)))
         check(ok(r), "c/ppe map")
         emit("c.map_1MiB", "ppe", total / t / 1e6, "MB/s")
-        got = [0]
-
-        def run_apply():
-            got[0] = ex.submit(length, big).result()
-
-        t = best_time(3, run_apply)
-        check(got[0] == len(big), "c/ppe apply")
+        t, got = best_timed(3, lambda: ex.submit(length, big).result())
+        check(got == len(big), "c/ppe apply")
         emit("c.apply_256MiB", "ppe", len(big) / t / 1e6, "MB/s")
 
 

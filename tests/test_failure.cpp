@@ -44,24 +44,11 @@
 #include <catch2/catch.hpp>
 
 #include "alloc_cap.hpp"
+#include "sanitizers.hpp"
 
 // Allocations above 256 MiB throw std::bad_alloc in this binary (see
 // alloc_cap.hpp); no test here needs that much at once. ThreadSanitizer defines
 // operator new itself (not replaceable), so not there.
-#if defined(__SANITIZE_THREAD__)
-#define PROCPOOL_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PROCPOOL_TEST_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define PROCPOOL_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PROCPOOL_TEST_ASAN 1
-#endif
-#endif
 #ifndef PROCPOOL_TEST_TSAN
 PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
 #endif

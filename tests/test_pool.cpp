@@ -13,6 +13,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "sanitizers.hpp"
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -44,13 +46,6 @@
 
 // Forking an AddressSanitizer process is slow (its shadow mappings are copied),
 // so the fork-heavy stress loops run fewer rounds there.
-#if defined(__SANITIZE_ADDRESS__)
-#define PROCPOOL_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PROCPOOL_TEST_ASAN 1
-#endif
-#endif
 #ifdef PROCPOOL_TEST_ASAN
 constexpr int stress_pools = 40;
 constexpr std::size_t stress_workers = 4;
