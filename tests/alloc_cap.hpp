@@ -3,7 +3,8 @@
 // allocation above `bytes` throws std::bad_alloc, with or without
 // AddressSanitizer (whose own operator new aborts instead). A decoder that
 // believed a corrupted size then fails visibly and quickly instead of
-// allocating tens of GiB. Not under ThreadSanitizer or valgrind, which define
+// allocating tens of GiB. It also counts big allocations, for tests that a
+// path reuses its memory. Not under ThreadSanitizer or valgrind, which define
 // operator new themselves.
 #pragma once
 
@@ -16,12 +17,16 @@ namespace procpool_test {
 
 /// The largest allocation refused so far (0: none).
 inline std::atomic<std::size_t> largest_refused{0};
+/// Allocations of big_from bytes or more so far, in this process.
+inline constexpr std::size_t big_from = std::size_t{512} << 10;
+inline std::atomic<std::size_t> big_allocations{0};
 
 inline void* capped_alloc(std::size_t n, std::size_t cap) {
   if (n > cap) {
     largest_refused = n;
     throw std::bad_alloc();
   }
+  if (n >= big_from) big_allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }

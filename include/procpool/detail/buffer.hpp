@@ -41,6 +41,7 @@ class byte_buffer {
   ~byte_buffer() { release(); }
 
   std::size_t size() const noexcept { return size_; }
+  std::size_t capacity() const noexcept { return cap_; }
   char* data() noexcept { return data_; }
   const char* data() const noexcept { return data_; }
   void clear() noexcept { size_ = 0; }

@@ -454,6 +454,7 @@ class engine {
   void check_workers();
   void on_death(worker& w, int exitcode);
   void requeue(const chunk& c, std::uint64_t from, std::uint64_t to);
+  void recycle(byte_buffer&& msg);
   /// What a driver waiting for an event looks at, copied under the lock: once
   /// it lets the lock go another caller may take over driving (see run_until),
   /// and the worker records are then that caller's.
@@ -502,6 +503,7 @@ class engine {
   std::vector<worker> workers_;
   std::deque<std::shared_ptr<job>> jobs_;
   std::deque<chunk> requeued_;
+  std::vector<byte_buffer> spare_msgs_;  // answered chunks' buffers, for the next chunks
   std::uint64_t next_seq_ = 1;
   std::int64_t next_check_ = 0;
   std::int64_t last_progress_ns_ = 0;  // when a pump round last moved anything
@@ -844,6 +846,7 @@ inline bool engine::place_wrapped(worker& w, const byte_ring::pieces& sp) {
   chunk c = take_answered(w);
   sp.copy(sizeof rh, dst, size - sizeof rh);
   c.owner->outstanding -= c.count();
+  recycle(std::move(c.msg));
   return true;
 }
 
@@ -902,6 +905,7 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
         }
       }
       c.owner->outstanding -= c.count();
+      recycle(std::move(c.msg));
       break;
     }
     case frame_kind::init_failed: {
@@ -944,6 +948,10 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     if (j.aborted || j.input_done()) {
       it = jobs_.erase(it);
       continue;
+    }
+    if (c.msg.capacity() == 0 && !spare_msgs_.empty()) {
+      c.msg = std::move(spare_msgs_.back());
+      spare_msgs_.pop_back();
     }
     c.msg.clear();
     c.offsets.clear();
@@ -997,9 +1005,16 @@ inline bool engine::dispatch() {
                               : took < 500'000   ? 8
                               : took < 5'000'000 ? 2
                                                  : 1;
-    while (w.inflight.size() < depth && w.budget > 0) {
+    // Big chunks are held back too: more than two rings' worth queued to a
+    // worker only waits in the parent's memory (encoded, and kept for a retry).
+    std::size_t queued_bytes = 0;
+    for (const chunk& q : w.inflight) queued_bytes += q.msg.size();
+    while (w.inflight.size() < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
       chunk c;
-      if (!next_chunk(w, c)) break;
+      if (!next_chunk(w, c)) {
+        recycle(std::move(c.msg));  // a spare it took for nothing
+        break;
+      }
       c.seq = next_seq_++;
       c.sent_ns = monotonic_ns();
       const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
@@ -1008,6 +1023,7 @@ inline bool engine::dispatch() {
       std::memcpy(c.msg.data(), &fh, sizeof fh);
       std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
       w.budget -= c.count();
+      queued_bytes += c.msg.size();
       w.inflight.push_back(std::move(c));
       progress = true;
     }
@@ -1140,6 +1156,18 @@ inline void engine::on_death(worker& w, int exitcode) {
                 e.what() + "; create a new Pool when the system has room")));
     }
   }
+}
+
+/// Keeps an answered chunk's message buffer for a later chunk. Without this,
+/// each chunk of big items (a 1 MiB buffer, say) allocated its message afresh,
+/// and glibc returned the freed memory to the kernel and faulted it back in:
+/// up to 8,000 page faults per 256 MiB map, and half the bandwidth, depending
+/// on the order of frees. At most two per worker are kept, none bigger than two
+/// rings (bigger ones came from a huge item, and are given back).
+inline void engine::recycle(byte_buffer&& msg) {
+  const std::size_t keep = 2 * workers_.size();
+  if (msg.capacity() == 0 || msg.capacity() > 2 * cap_ || spare_msgs_.size() >= keep) return;
+  spare_msgs_.push_back(std::move(msg));
 }
 
 /// Puts items [from, to) of @p c at the front of the requeue list.
