@@ -360,13 +360,19 @@ T decode(reader& in) {
     if (n > in.remaining() / sizeof(E))
       throw decode_error("procpool: a message claims " + std::to_string(n) +
                          " elements but holds fewer (truncated or corrupted data)");
-    const char* p = in.take(static_cast<std::size_t>(n) * sizeof(E));
-    if (reinterpret_cast<std::uintptr_t>(p) % alignof(E) == 0) {
-      // Constructed straight from the bytes: no zero-fill first.
-      const E* first = reinterpret_cast<const E*>(p);
-      return T(first, first + n);
-    }
+    const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(E);
+    const char* p = in.take(bytes);
     T v;
+    v.reserve(static_cast<std::size_t>(n));
+    // Only memory from std::allocator: a user's allocator keeps its own policy.
+    if constexpr (std::is_same_v<typename T::allocator_type, std::allocator<E>>)
+      advise_huge_pages(v.data(), bytes);
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(E) == 0) {
+      // Copied straight from the bytes: no zero-fill first.
+      const E* first = reinterpret_cast<const E*>(p);
+      v.assign(first, first + n);
+      return v;
+    }
     v.resize(static_cast<std::size_t>(n));
     if (n) std::memcpy(static_cast<void*>(v.data()), p, static_cast<std::size_t>(n) * sizeof(E));
     return v;
