@@ -451,7 +451,7 @@ class engine {
   bool dispatch();
   bool next_chunk(worker& w, chunk& c);
   void flush(worker& w);
-  void check_workers();
+  bool check_workers();  // true if it killed or reaped a worker
   void on_death(worker& w, int exitcode);
   void requeue(const chunk& c, std::uint64_t from, std::uint64_t to);
   void recycle(byte_buffer&& msg);
@@ -694,7 +694,12 @@ inline bool engine::pump() {
   if (progress) last_progress_ns_ = now;
   if (now >= next_check_) {
     next_check_ = now + 5'000'000;
-    check_workers();
+    // Counted as progress: a reaped worker's items may have failed, and a
+    // caller replaced as driver waits for the end of a round to look again.
+    if (check_workers()) {
+      progress = true;
+      last_progress_ns_ = now;
+    }
   }
   return progress;
 }
@@ -1054,7 +1059,8 @@ inline void engine::flush(worker& w) {
   if (wrote) slot(w.slot)->worker_ev.notify();
 }
 
-inline void engine::check_workers() {
+inline bool engine::check_workers() {
+  bool changed = false;
   const std::int64_t now = monotonic_ns();
   const std::int64_t limit =
       std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.task_timeout).count();
@@ -1074,10 +1080,15 @@ inline void engine::check_workers() {
         w.timeout_seq = seq;
         w.timeout_item = item;
         send_signal(w.pid, SIGKILL);
+        changed = true;
       }
     }
-    if (auto status = wait_pid(w.pid, w.timed_out)) on_death(w, exitcode_from_status(*status));
+    if (auto status = wait_pid(w.pid, w.timed_out)) {
+      on_death(w, exitcode_from_status(*status));
+      changed = true;
+    }
   }
+  return changed;
 }
 
 /// Worker @p w has ended. Read what it finished, fail the item it was running
