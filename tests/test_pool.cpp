@@ -1187,6 +1187,34 @@ TEST_CASE("pool: answers that wrap around the end of a small queue arrive intact
   CHECK(wrong == 0);
 }
 
+TEST_CASE("pool: answers written straight into the queue, past its room and with errors, arrive intact",
+          "[pool][big]") {
+  // A worker encodes an answer straight into the result queue when the queue
+  // has 4 KiB or more in one piece; an answer that outgrows that room, or an
+  // error record that does, moves to the worker's own memory and is copied in.
+  // With a 16 KiB queue, answers of 0-12 KB meet every one of these cases.
+  auto g = [](int x) {
+    if (x % 53 == 7) throw std::runtime_error("item " + std::to_string(x) + std::string(x % 3000, '!'));
+    return std::string(static_cast<std::size_t>(x * 37 % 12000), static_cast<char>('a' + x % 26));
+  };
+  procpool::Pool pool(g, procpool::pool_options{.processes = 2, .queue_bytes = 16 << 10});
+  const std::vector<int> in = iota_vec(3000, 0);
+  for (std::size_t chunk : {std::size_t{1}, std::size_t{3}, std::size_t{40}, std::size_t{0}}) {
+    INFO("chunksize " << chunk);
+    const auto out = pool.try_map(in, {.chunksize = chunk});
+    REQUIRE(out.size() == in.size());
+    std::size_t wrong = 0;
+    for (int x : in) {
+      const auto& o = out[static_cast<std::size_t>(x)];
+      if (x % 53 == 7)
+        wrong += o.ok();
+      else
+        wrong += !o.ok() || o.value() != g(x);
+    }
+    CHECK(wrong == 0);
+  }
+}
+
 // ---------------------------------------------------------------- threads
 
 TEST_CASE("pool: map from two threads at once on one pool", "[pool][threads]") {

@@ -5,10 +5,13 @@
 // bookkeeping of positions, which is the same whatever process holds each end.
 // (The cross-process use is covered by test_pool and test_failure.)
 
+#include <procpool/detail/buffer.hpp>
 #include <procpool/detail/ring.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -88,4 +91,50 @@ TEST_CASE("ring: bytes that wrap around the end are read in place in two pieces"
   r.consumer.consume(300);
   CHECK(r.consumer.readable() == 0);
   CHECK(r.producer.writable() == 4096);
+}
+
+TEST_CASE("ring: bytes written in place are unseen until committed, and stop at the end",
+          "[ring]") {
+  ring_pair r(4096);
+  std::vector<char> sink(4000);
+  const auto fill = bytes(4000, 0);
+  REQUIRE(r.producer.write_some(fill.data(), 4000) == 4000);
+  std::size_t n = 0;
+  r.producer.write_space(n);
+  CHECK(n == 96);  // the reader has not freed anything yet
+  REQUIRE(r.consumer.read_some(sink.data(), 1000) == 1000);
+  char* at = r.producer.write_space(n);
+  CHECK(n == 96);  // 1096 free, but only 96 in one piece before the end
+  const auto msg = bytes(96, 3);
+  std::copy(msg.begin(), msg.end(), at);
+  CHECK(r.consumer.readable() == 3000);  // not yet published
+  r.producer.commit(96);
+  CHECK(r.consumer.readable() == 3096);
+  REQUIRE(r.consumer.read_some(sink.data(), 3000) == 3000);
+  std::vector<char> got(96);
+  REQUIRE(r.consumer.read_some(got.data(), 96) == 96);
+  CHECK(got == msg);
+  at = r.producer.write_space(n);
+  CHECK(n == 4096);  // wrapped to the start, all free
+  CHECK(at == r.data.data());
+}
+
+TEST_CASE("byte_buffer: a borrowed buffer writes in place, and moves out when it outgrows it",
+          "[ring]") {
+  std::vector<char> room(64, 'z');
+  procpool::detail::byte_buffer b;
+  b.borrow(room.data(), room.size());
+  CHECK(b.borrowed());
+  b.append("hello", 5);
+  CHECK(b.data() == room.data());
+  CHECK(std::string(room.data(), 5) == "hello");
+  const auto more = bytes(100, 1);
+  b.append(more.data(), more.size());  // past the 64 borrowed bytes
+  CHECK_FALSE(b.borrowed());
+  CHECK(b.data() != room.data());
+  REQUIRE(b.size() == 105);
+  CHECK(std::string(b.data(), 5) == "hello");
+  CHECK(std::vector<char>(b.data() + 5, b.data() + 105) == more);
+  b.borrow(room.data(), room.size());  // frees its own memory (ASan: no leak), not room's
+  CHECK(b.size() == 0);
 }

@@ -39,16 +39,29 @@ class byte_buffer {
   byte_buffer(byte_buffer&& o) noexcept
       : data_(std::exchange(o.data_, nullptr)),
         size_(std::exchange(o.size_, 0)),
-        cap_(std::exchange(o.cap_, 0)) {}
+        cap_(std::exchange(o.cap_, 0)),
+        borrowed_(std::exchange(o.borrowed_, false)) {}
   byte_buffer& operator=(byte_buffer&& o) noexcept {
     if (this != &o) {
       release();
       data_ = std::exchange(o.data_, nullptr);
       size_ = std::exchange(o.size_, 0);
       cap_ = std::exchange(o.cap_, 0);
+      borrowed_ = std::exchange(o.borrowed_, false);
     }
     return *this;
   }
+  /// Writes into @p cap bytes at @p p that someone else owns (empty at first).
+  /// Growing past them moves the contents to memory of its own: borrowed()
+  /// then says false.
+  void borrow(char* p, std::size_t cap) noexcept {
+    release();
+    data_ = p;
+    size_ = 0;
+    cap_ = cap;
+    borrowed_ = true;
+  }
+  bool borrowed() const noexcept { return borrowed_; }
   ~byte_buffer() { release(); }
 
   std::size_t size() const noexcept { return size_; }
@@ -106,7 +119,9 @@ class byte_buffer {
   }
   void release() noexcept {
     if (!data_) return;
-    if (cap_ < mapped_from)
+    if (borrowed_)
+      borrowed_ = false;
+    else if (cap_ < mapped_from)
       delete[] data_;
     else
       ::munmap(data_, cap_);
@@ -116,6 +131,7 @@ class byte_buffer {
   char* data_ = nullptr;
   std::size_t size_ = 0;
   std::size_t cap_ = 0;
+  bool borrowed_ = false;  // data_ is not ours (borrow())
 };
 
 /// Reads bytes from [p, end); running past the end throws decode_error, so a

@@ -171,6 +171,24 @@ class worker_channel {
       }
     }
   }
+  /// The next @p n bytes of the task ring where they lie, when all of them
+  /// have arrived in one piece (free them with release(n)); nullptr otherwise.
+  const char* peek(std::size_t n) const noexcept {
+    if (tasks_.readable() < n) return nullptr;
+    const auto sp = tasks_.spans(n);
+    return sp.nb == 0 ? sp.a : nullptr;
+  }
+  void release(std::size_t n) noexcept {
+    tasks_.consume(n);
+    pool_->parent_ev.notify();  // space freed
+  }
+  /// Where the next message of the result ring goes, and in @p n how many
+  /// bytes fit there in one piece; commit_results(n) publishes what was put there.
+  char* result_space(std::size_t& n) const noexcept { return results_.write_space(n); }
+  void commit_results(std::size_t n) noexcept {
+    results_.commit(n);
+    pool_->parent_ev.notify();  // data arrived
+  }
   void write_all(const char* p, std::size_t n) {
     while (n) {
       const std::size_t put = results_.write_some(p, n);
@@ -243,7 +261,7 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
   // The parent decides what Ctrl-C means; workers end with it.
   ::signal(SIGINT, SIG_IGN);
   follow_parent(parent, forked_by_main_thread);
-  byte_buffer in, values, errors, out;
+  byte_buffer in, values, errors, out, direct;
   if (initializer) {
     try {
       initializer();
@@ -268,22 +286,48 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
       child_exit(0);
     }
     if (h.kind != static_cast<std::uint32_t>(frame_kind::task)) child_exit(70);
-    in.resize(static_cast<std::size_t>(h.size));
-    ch.read_exact(in.data(), in.size());
-    reader r(in.data(), in.size());
+    // A task that has fully arrived in one piece is read where it lies in the
+    // ring, and freed once it has run; otherwise it is copied out first.
+    const auto size = static_cast<std::size_t>(h.size);
+    const char* body = ch.peek(size);
+    const bool in_place = body != nullptr;
+    if (!in_place) {
+      in.resize(size);
+      ch.read_exact(in.data(), size);
+      body = in.data();
+    }
+    reader r(body, size);
     const auto th = r.read_value<task_header>();
-    values.clear();
+    // The answer is encoded straight into the result ring when the ring has
+    // room for a fair part of it in one piece (then it is published at once,
+    // with no copy); past that room it moves to memory of its own and is
+    // copied in, as when there was no room.
+    std::size_t room = 0;
+    char* const slot_at = ch.result_space(room);
+    constexpr std::size_t min_room = 4096;
+    byte_buffer& vals = room >= min_room ? direct : values;
+    if (room >= min_room)
+      direct.borrow(slot_at + sizeof(frame_header), room - sizeof(frame_header));
+    vals.clear();
     errors.clear();
-    values.grow(sizeof(result_header));
-    task_context ctx{r, th.seq, th.count, values, errors, 0, ch.slot(), timed};
+    vals.grow(sizeof(result_header));
+    task_context ctx{r, th.seq, th.count, vals, errors, 0, ch.slot(), timed};
     reinterpret_cast<runner_fn>(th.runner)(fn, ctx);
-    const result_header rh{th.seq, th.count, ctx.error_count, values.size()};
-    std::memcpy(values.data(), &rh, sizeof rh);
-    values.append(errors.data(), errors.size());
-    ch.send_frame(frame_kind::results, values);
+    if (in_place) ch.release(size);
+    const result_header rh{th.seq, th.count, ctx.error_count, vals.size()};
+    std::memcpy(vals.data(), &rh, sizeof rh);
+    vals.append(errors.data(), errors.size());
+    if (vals.borrowed()) {
+      const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::results), vals.size()};
+      std::memcpy(slot_at, &fh, sizeof fh);
+      ch.commit_results(sizeof fh + vals.size());
+    } else {
+      ch.send_frame(frame_kind::results, vals);
+    }
     constexpr std::size_t keep = std::size_t{64} << 20;
     in.shrink_if_above(keep);
     values.shrink_if_above(keep);
+    direct.shrink_if_above(keep);
   }
 }
 

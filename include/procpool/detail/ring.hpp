@@ -104,6 +104,19 @@ class byte_ring {
     return n;
   }
 
+  /// Where the next bytes go, and in @p n how many fit there in one piece;
+  /// they count once published with commit().
+  char* write_space(std::size_t& n) const noexcept {
+    const std::size_t at = static_cast<std::size_t>(c_->head.load(std::memory_order_relaxed)) & mask_;
+    const std::size_t free = writable();
+    n = free < capacity() - at ? free : capacity() - at;
+    return data_ + at;
+  }
+  /// Publishes @p n bytes written at write_space() (n <= what it said).
+  void commit(std::size_t n) noexcept {
+    c_->head.store(c_->head.load(std::memory_order_relaxed) + n, std::memory_order_release);
+  }
+
   // ---- consumer side
   /// Bytes that can be read now.
   std::size_t readable() const noexcept {
