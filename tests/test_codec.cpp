@@ -209,15 +209,15 @@ TEST_CASE("codec: vectors at unaligned offsets, empty and not", "[codec]") {
   CHECK(round_trip(U{'z', U"\u00e9t\u00e9"}) == U{'z', U"\u00e9t\u00e9"});
 }
 
-// From 4 MiB up, decode asks for huge pages for the memory it decodes into
+// From 32 MiB up, decode asks for huge pages for the memory it decodes into
 // (advise_huge_pages): odd sizes, so that the advised range is a part of it.
-TEST_CASE("codec: vectors and strings of several MiB, aligned and not", "[codec]") {
-  std::vector<std::uint64_t> v((std::size_t{5} << 17) + 3);
+TEST_CASE("codec: vectors and strings of tens of MiB, aligned and not", "[codec]") {
+  std::vector<std::uint64_t> v((std::size_t{33} << 17) + 3);
   for (std::size_t i = 0; i < v.size(); ++i) v[i] = i * 0x9e3779b97f4a7c15ULL;
   CHECK(round_trip(v) == v);
   using T = std::tuple<char, std::vector<std::uint64_t>>;
   CHECK(round_trip(T{'q', v}) == T{'q', v});
-  std::string s((std::size_t{9} << 19) + 5, '\0');
+  std::string s((std::size_t{65} << 19) + 5, '\0');
   for (std::size_t i = 0; i < s.size(); ++i) s[i] = static_cast<char>((i * 7 + (i >> 13)) & 0xff);
   CHECK(round_trip(s) == s);
 }

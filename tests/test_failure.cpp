@@ -1790,6 +1790,9 @@ TEST_CASE("maps of big items reuse the parent's message buffers", "[memory]") {
   REQUIRE(pool.map(bufs) == want);  // the buffers the next maps reuse
   const std::size_t before = procpool_test::big_allocations.load();
   for (int k = 0; k < 3; ++k) REQUIRE(pool.map(bufs) == want);
-  CHECK(procpool_test::big_allocations.load() - before == 0);
+  // 144 (one per chunk) without the reuse; 0 here, unless a loaded machine
+  // kept fewer chunks in flight during the first map than during a later one
+  // (then at most the 4 the pool keeps, and one being filled).
+  CHECK(procpool_test::big_allocations.load() - before <= 5);
 }
 #endif

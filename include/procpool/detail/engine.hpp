@@ -173,8 +173,10 @@ class worker_channel {
   }
   /// The next @p n bytes of the task ring where they lie, when all of them
   /// have arrived in one piece (free them with release(n)); nullptr otherwise.
+  /// Not for more than half the ring: the space stays taken while the task
+  /// runs, and the parent should have room to send the next one meanwhile.
   const char* peek(std::size_t n) const noexcept {
-    if (tasks_.readable() < n) return nullptr;
+    if (n > tasks_.capacity() / 2 || tasks_.readable() < n) return nullptr;
     const auto sp = tasks_.spans(n);
     return sp.nb == 0 ? sp.a : nullptr;
   }
@@ -1054,8 +1056,9 @@ inline bool engine::dispatch() {
                               : took < 500'000   ? 8
                               : took < 5'000'000 ? 2
                                                  : 1;
-    // Big chunks are held back too: more than two rings' worth queued to a
-    // worker only waits in the parent's memory (encoded, and kept for a retry).
+    // Big chunks are held back too: a new chunk is queued only while those a
+    // worker has (sent, running or waiting) take under two rings' worth; more
+    // would only wait in the parent's memory (encoded, and kept for a retry).
     std::size_t queued_bytes = 0;
     for (const chunk& q : w.inflight) queued_bytes += q.msg.size();
     while (w.inflight.size() < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
@@ -1217,8 +1220,9 @@ inline void engine::on_death(worker& w, int exitcode) {
 /// each chunk of big items (a 1 MiB buffer, say) allocated its message afresh,
 /// and glibc returned the freed memory to the kernel and faulted it back in:
 /// up to 8,000 page faults per 256 MiB map, and half the bandwidth, depending
-/// on the order of frees. At most two per worker are kept, none bigger than two
-/// rings (bigger ones came from a huge item, and are given back).
+/// on the order of frees. The pool keeps at most twice as many as it has
+/// workers, none bigger than two rings (bigger ones came from a huge item,
+/// and are given back). Kept until the pool is destroyed.
 inline void engine::recycle(byte_buffer&& msg) {
   const std::size_t keep = 2 * workers_.size();
   if (msg.capacity() == 0 || msg.capacity() > 2 * cap_ || spare_msgs_.size() >= keep) return;
