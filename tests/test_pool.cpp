@@ -78,6 +78,18 @@ std::vector<int> iota_vec(int n, int first = 0) {
   return v;
 }
 
+/// try_map outcomes for the ints @p in (out[x] for item x) that are not as
+/// expected: an error where @p fails(x), else the value @p want(x).
+template <class Outcomes, class Fails, class Want>
+std::size_t wrong_outcomes(const Outcomes& out, const std::vector<int>& in, Fails fails, Want want) {
+  std::size_t wrong = 0;
+  for (int x : in) {
+    const auto& o = out[static_cast<std::size_t>(x)];
+    wrong += fails(x) ? o.ok() : !o.ok() || o.value() != want(x);
+  }
+  return wrong;
+}
+
 int square(int x) { return x * x; }
 
 /// True when @p pid no longer exists at all (reaped: not even a zombie).
@@ -1162,18 +1174,12 @@ TEST_CASE("pool: answers that wrap around the end of a small queue arrive intact
     INFO("chunksize " << chunk);
     const auto out = pf.try_map(in, {.chunksize = chunk});
     REQUIRE(out.size() == in.size());
-    std::size_t wrong = 0;
-    for (int x : in) {
-      const auto& o = out[static_cast<std::size_t>(x)];
-      if (x % 97 == 13)
-        wrong += o.ok();
-      else
-        wrong += !o.ok() || o.value() != std::int64_t{x} * 1'000'003;
-    }
-    CHECK(wrong == 0);
+    CHECK(wrong_outcomes(
+              out, in, [](int x) { return x % 97 == 13; },
+              [](int x) { return std::int64_t{x} * 1'000'003; }) == 0);
     const auto s = pg.map(in, {.chunksize = chunk});
     REQUIRE(s.size() == in.size());
-    wrong = 0;
+    std::size_t wrong = 0;
     for (int x : in) wrong += s[static_cast<std::size_t>(x)] != g(x);
     CHECK(wrong == 0);
   }
@@ -1203,15 +1209,7 @@ TEST_CASE("pool: answers written straight into the queue, past its room and with
     INFO("chunksize " << chunk);
     const auto out = pool.try_map(in, {.chunksize = chunk});
     REQUIRE(out.size() == in.size());
-    std::size_t wrong = 0;
-    for (int x : in) {
-      const auto& o = out[static_cast<std::size_t>(x)];
-      if (x % 53 == 7)
-        wrong += o.ok();
-      else
-        wrong += !o.ok() || o.value() != g(x);
-    }
-    CHECK(wrong == 0);
+    CHECK(wrong_outcomes(out, in, [](int x) { return x % 53 == 7; }, g) == 0);
   }
 }
 

@@ -374,7 +374,7 @@ T decode(reader& in) {
       return v;
     }
     v.resize(static_cast<std::size_t>(n));
-    if (n) std::memcpy(static_cast<void*>(v.data()), p, static_cast<std::size_t>(n) * sizeof(E));
+    if (n) std::memcpy(static_cast<void*>(v.data()), p, bytes);
     return v;
   } else if constexpr (is_tuple_like<T>::value) {
     return decode_elements<T>(in, std::make_index_sequence<std::tuple_size_v<T>>{});

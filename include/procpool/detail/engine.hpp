@@ -306,10 +306,9 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     // copied in, as when there was no room.
     std::size_t room = 0;
     char* const slot_at = ch.result_space(room);
-    constexpr std::size_t min_room = 4096;
-    byte_buffer& vals = room >= min_room ? direct : values;
-    if (room >= min_room)
-      direct.borrow(slot_at + sizeof(frame_header), room - sizeof(frame_header));
+    const bool in_ring = room >= 4096;
+    byte_buffer& vals = in_ring ? direct : values;
+    if (in_ring) direct.borrow(slot_at + sizeof(frame_header), room - sizeof(frame_header));
     vals.clear();
     errors.clear();
     vals.grow(sizeof(result_header));
