@@ -6,6 +6,7 @@
 /// procpool::Pool, Python's multiprocessing.Pool with C++ types.
 
 #include <concepts>
+#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -202,6 +203,90 @@ void run_chunk(void* fp, task_context& t) {
     }
   }
 }
+
+/// apply_async calls that may take the express lane: arguments and result of
+/// fixed size that fit in a cell.
+template <class R, class... Ts>
+inline constexpr bool express_eligible =
+    (bitwise<Ts> && ...) && (std::size_t{0} + ... + sizeof(Ts)) <= express_arg_bytes &&
+    (std::is_void_v<R> || (bitwise<R> && sizeof(stored_t<R>) <= express_res_bytes));
+
+/// Runs an express cell's call in a worker: decodes the arguments, calls F,
+/// and writes the result, or records the exception, in the cell.
+template <class F, class Arg>
+void run_express(void* fp, express_cell& c) {
+  F& f = *static_cast<F*>(fp);
+  using R = call_result_t<F, Arg, call_style::apply>;
+  try {
+    reader r(c.arg, c.arg_size);
+    Arg a = decode<Arg>(r);
+    if constexpr (std::is_void_v<R>) {
+      call<F, Arg, call_style::apply>(f, std::move(a));
+      c.res_size = 0;
+    } else {
+      const R v = call<F, Arg, call_style::apply>(f, std::move(a));
+      std::memcpy(c.res, static_cast<const void*>(&v), sizeof(R));
+      c.res_size = sizeof(R);
+    }
+    c.status = status_ok;
+  } catch (const exit_request&) {
+    throw;  // procpool::exit(n) in a task ends the worker (the call: worker_lost)
+  } catch (...) {
+    put_cell_error(c);
+  }
+}
+
+/// An async_result's claim on an express cell: drops it when destroyed unread.
+class express_handle {
+ public:
+  express_handle() = default;
+  express_handle(engine* e, engine::express_ticket t) : eng_(e), t_(t) {}
+  express_handle(express_handle&& o) noexcept
+      : eng_(std::exchange(o.eng_, nullptr)), t_(o.t_) {}
+  express_handle& operator=(express_handle&& o) noexcept {
+    if (this != &o) {
+      reset();
+      eng_ = std::exchange(o.eng_, nullptr);
+      t_ = o.t_;
+    }
+    return *this;
+  }
+  ~express_handle() { reset(); }
+  explicit operator bool() const noexcept { return eng_ != nullptr; }
+
+  bool wait(std::int64_t deadline) { return eng_->express_wait(t_, deadline); }
+  /// The finished cell's value; throws its error. Frees the cell.
+  template <class T>
+  T take() {
+    engine* e = std::exchange(eng_, nullptr);
+    express_cell& c = e->cell(t_);
+    if (c.status == status_exception) std::rethrow_exception(e->take_cell_error(t_));
+    if (c.status == status_task_error) {
+      const char* p = c.res;
+      const std::size_t n = c.res_size;
+      const std::size_t type_len = ::strnlen(p, n);
+      std::string type(p, type_len);
+      std::string what = type_len < n ? std::string(p + type_len + 1, n - type_len - 1) : "";
+      e->express_release(t_);
+      throw task_error(0, type, what);
+    }
+    if constexpr (std::is_void_v<T>) {
+      e->express_release(t_);
+    } else {
+      T v = load_bitwise<T>(c.res);
+      e->express_release(t_);
+      return v;
+    }
+  }
+
+ private:
+  void reset() noexcept {
+    if (eng_) eng_->express_drop(t_);
+    eng_ = nullptr;
+  }
+  engine* eng_ = nullptr;  // the async_result's shared_ptr keeps it alive
+  engine::express_ticket t_;
+};
 
 /// A job whose results are stored by subclasses through store()/store_error().
 template <class R>
@@ -521,11 +606,11 @@ class async_result {
   /// (for map_async, the error of the lowest failing index). Call once.
   T get();
   /// Waits until the result is ready.
-  void wait() { eng_->run_until([this] { return job_->complete(); }); }
+  void wait() { wait_until(std::numeric_limits<std::int64_t>::max()); }
   /// Waits at most @p timeout; true when ready.
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> timeout) {
-    return eng_->run_until([this] { return job_->complete(); }, detail::deadline_after(timeout));
+    return wait_until(detail::deadline_after(timeout));
   }
   /// True when the result (or error) is there; does not wait.
   bool ready() { return wait_for(std::chrono::nanoseconds(0)); }
@@ -536,11 +621,20 @@ class async_result {
   async_result(std::shared_ptr<detail::engine> eng, std::shared_ptr<detail::job> job,
                std::function<T()> take)
       : eng_(std::move(eng)), job_(std::move(job)), take_(std::move(take)) {}
+  async_result(std::shared_ptr<detail::engine> eng, detail::express_handle cell)
+      : eng_(std::move(eng)), cell_(std::move(cell)) {}
+
+  bool wait_until(std::int64_t deadline) {
+    if (cell_) return cell_.wait(deadline);
+    if (!job_) return true;  // an express result already taken
+    return eng_->run_until([this] { return job_->complete(); }, deadline);
+  }
 
   std::shared_ptr<detail::engine> eng_;
   std::shared_ptr<detail::job> job_;
   std::function<T()> take_;  // moves the value out of the job; under the engine's lock
   bool taken_ = false;
+  detail::express_handle cell_;  // the express lane's cell, until taken (then no job_ either)
 };
 
 /// The results of imap / imap_unordered: an input range, read lazily.
@@ -748,6 +842,14 @@ class Pool {
 template <class T>
 T async_result<T>::get() {
   wait();
+  if constexpr (std::is_void_v<T> || detail::bitwise<T>) {
+    if (cell_) {
+      taken_ = true;
+      return cell_.template take<T>();
+    }
+  }
+  if (!job_)
+    throw usage_error("procpool::async_result::get: the result was already taken; call get() once");
   return eng_->locked([&]() -> T {
     if (taken_)
       throw usage_error("procpool::async_result::get: the result was already taken; call get() once");
@@ -893,6 +995,22 @@ auto Pool<F>::apply_async(Args&&... args) {
   } catch (...) {
     failed = std::current_exception();
     msg = detail::byte_buffer();
+  }
+  if constexpr (detail::express_eligible<R, std::decay_t<Args>...>) {
+    // The express lane, when a worker polls now on another CPU (see express_cell).
+    detail::engine::express_ticket t;
+    if (eng_->express_claim(t)) {
+      detail::express_cell& c = eng_->cell(t);
+      detail::byte_buffer b;
+      b.borrow(c.arg, sizeof c.arg);  // fits: express_eligible bounds the size
+      detail::encode_tuple_of<std::decay_t<Args>...>(b, args...);
+      c.arg_size = static_cast<std::uint32_t>(b.size());
+      c.runner = reinterpret_cast<std::uint64_t>(&detail::run_express<F, Arg>);
+      c.chunk_runner =
+          reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, detail::call_style::apply>);
+      eng_->express_post(t);
+      return async_result<R>(eng_, detail::express_handle(eng_.get(), t));
+    }
   }
   using Job = detail::encoded_job<detail::collect_job<detail::stored_t<R>>>;
   auto j = std::make_shared<Job>(std::move(msg), std::move(failed));

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <limits>
@@ -88,6 +89,53 @@ struct item_failure {
 
 struct alignas(64) pool_shared {
   event parent_ev;  // the parent sleeps here: results arrived, or task space freed
+  // Express cells claimed and not yet finished (see express_cell).
+  alignas(64) std::atomic<std::uint64_t> express_pending{0};
+  std::atomic<std::uint32_t> express_finished{0};  // bumped as each cell finishes
+};
+
+// ---------------------------------------------------------------- the express lane
+//
+// apply_async of small fixed-size arguments and result skips the engine (its
+// lock, the rings, the driver): the caller writes the call into a cell of a
+// worker that polled for work within the last few microseconds on another CPU,
+// and spins on the cell for the answer. While another thread streams work
+// through the pool, that lock is held most of the time, and waiting for it
+// cost the caller 5-6 us of a 6-9 us round trip here. A cell whose worker dies
+// is finished by the parent: blamed (worker_lost, task_timeout), or run again
+// through the queues when it had not started.
+
+inline constexpr unsigned express_cells = 4;          // per worker
+inline constexpr std::size_t express_arg_bytes = 256;  // encoded arguments, at most
+inline constexpr std::size_t express_res_bytes = 1024;  // result; or a task error's text
+inline constexpr std::uint64_t express_seq = std::uint64_t{1} << 63;  // running_seq: bit | cell
+inline constexpr std::int64_t express_fresh_ns = 5'000;  // "polling now": polled this recently
+
+enum cell_state : std::uint32_t {
+  cell_free = 0,
+  cell_claimed = 1,   // a caller is writing the call
+  cell_posted = 2,    // waiting for the worker
+  cell_running = 3,   // the worker runs it
+  cell_done = 4,      // status and result are there
+  cell_requeued = 5,  // its worker died before it ran: it goes through the queues
+};
+inline constexpr std::uint32_t cell_dropped = 0x100;  // the caller's handle is gone:
+                                                     // whoever finishes the cell frees it
+enum cell_status : std::uint32_t {
+  status_ok = 0,
+  status_task_error = 1,  // res: type '\0' message
+  status_exception = 2,   // the parent holds the exception (engine::cell_errors_)
+};
+
+struct alignas(64) express_cell {
+  std::atomic<std::uint32_t> state{cell_free};
+  std::uint32_t status = status_ok;
+  std::uint64_t runner = 0;        // express runner, valid in the forked worker
+  std::uint64_t chunk_runner = 0;  // the chunk runner, for a run through the queues
+  std::uint32_t arg_size = 0;
+  std::uint32_t res_size = 0;
+  char arg[express_arg_bytes];
+  char res[express_res_bytes];
 };
 
 struct alignas(64) slot_shared {
@@ -99,7 +147,39 @@ struct alignas(64) slot_shared {
   std::atomic<std::uint64_t> running_item{0};
   std::atomic<std::int64_t> running_since{0};
   std::atomic<std::uint32_t> ready{0};  // set after the initializer returned
+  // The express lane: when the worker last looked for work (0: it sleeps), on which CPU.
+  alignas(64) std::atomic<std::int64_t> poll_ns{0};
+  std::atomic<std::int32_t> poll_cpu{-1};
+  std::atomic<std::uint32_t> cells_posted{0};  // bumped after a cell is posted
+  express_cell cells[express_cells];
 };
+
+using express_runner = void (*)(void* fn, express_cell& c);
+
+/// Stores a task error in @p c: its type, a '\0', and as much of its message
+/// as fits (a cut message ends in "...").
+inline void set_cell_error(express_cell& c, const std::string& type, const std::string& what) {
+  c.status = status_task_error;
+  c.res_size = 0;
+  std::string text = type + '\0' + what;
+  if (text.size() > express_res_bytes) {
+    text.resize(express_res_bytes - 3);
+    text += "...";
+  }
+  std::memcpy(c.res, text.data(), text.size());
+  c.res_size = static_cast<std::uint32_t>(text.size());
+}
+
+/// Records the exception being handled as @p c's task error (in the worker).
+inline void put_cell_error(express_cell& c) noexcept {
+  try {
+    auto [type, what] = describe_current_exception();
+    set_cell_error(c, type, what);
+  } catch (...) {
+    c.status = status_task_error;  // out of memory describing it: an empty type and message
+    c.res_size = 0;
+  }
+}
 
 // ---------------------------------------------------------------- the worker side
 
@@ -159,6 +239,48 @@ class worker_channel {
 
   slot_shared* slot() noexcept { return slot_; }
 
+  /// From now on, the express cells are served (with @p fn, the pool's function).
+  void enable_express(void* fn, bool timed) noexcept {
+    fn_ = fn;
+    timed_ = timed;
+  }
+  /// Says "polling now, on this CPU" to callers choosing a worker for a cell.
+  void mark_polling(std::int64_t now) noexcept {
+    slot_->poll_cpu.store(current_cpu(), std::memory_order_relaxed);
+    slot_->poll_ns.store(now, std::memory_order_relaxed);
+  }
+  /// Runs every posted express cell; true if it ran any. One load when none is.
+  bool serve_cells() {
+    const std::uint32_t posted = slot_->cells_posted.load(std::memory_order_acquire);
+    if (posted == cells_seen_ || !fn_) return false;
+    cells_seen_ = posted;
+    bool ran = false;
+    for (unsigned k = 0; k < express_cells; ++k) {
+      express_cell& c = slot_->cells[k];
+      std::uint32_t st = c.state.load(std::memory_order_acquire);
+      // Run even when the caller dropped its handle: as with Python's
+      // apply_async, the call happens whether or not anyone reads its result.
+      if ((st & ~cell_dropped) != cell_posted ||
+          !c.state.compare_exchange_strong(st, cell_running | (st & cell_dropped),
+                                           std::memory_order_acq_rel))
+        continue;
+      // Marked as running for blame on death and for task_timeout, as an item is.
+      if (timed_) slot_->running_since.store(monotonic_ns(), std::memory_order_relaxed);
+      slot_->running_item.store(0, std::memory_order_release);
+      slot_->running_seq.store(express_seq | k, std::memory_order_release);
+      reinterpret_cast<express_runner>(c.runner)(fn_, c);
+      slot_->running_seq.store(0, std::memory_order_release);
+      std::uint32_t running = cell_running;
+      if (!c.state.compare_exchange_strong(running, cell_done, std::memory_order_acq_rel))
+        c.state.store(cell_free, std::memory_order_release);  // dropped: nobody reads it
+      pool_->express_pending.fetch_sub(1, std::memory_order_acq_rel);
+      pool_->express_finished.fetch_add(1, std::memory_order_release);
+      pool_->parent_ev.notify();
+      ran = true;
+    }
+    return ran;
+  }
+
   void read_exact(char* p, std::size_t n) {
     while (n) {
       const std::size_t got = tasks_.read_some(p, n);
@@ -212,19 +334,33 @@ class worker_channel {
  private:
   /// Spins briefly, then sleeps; wakes every 100 ms to see whether the parent
   /// is gone (the death signal covers most cases; this covers the rest).
+  /// Express cells posted meanwhile are run.
   template <class Ready>
   void wait(Ready ready) {
-    const std::int64_t until = monotonic_ns() + spin_ns;
+    std::int64_t now = monotonic_ns();
+    std::int64_t until = now + spin_ns;
+    mark_polling(now);
     for (unsigned i = 0;; ++i) {
       if (ready()) return;
+      if (serve_cells()) until = monotonic_ns() + spin_ns;
       cpu_relax();
-      if ((i & 63) == 63 && monotonic_ns() > until) break;
+      if ((i & 63) == 63) {
+        now = monotonic_ns();
+        mark_polling(now);
+        if (now > until) break;
+      }
     }
+    slot_->poll_ns.store(0, std::memory_order_relaxed);  // asleep: not for the express lane
     for (;;) {
       const std::uint32_t seen = slot_->worker_ev.prepare();
       if (ready()) {
         slot_->worker_ev.retire();
         return;
+      }
+      if (slot_->cells_posted.load(std::memory_order_acquire) != cells_seen_) {
+        slot_->worker_ev.retire();
+        serve_cells();
+        continue;
       }
       slot_->worker_ev.wait(seen, 100'000'000);
       slot_->worker_ev.retire();
@@ -237,6 +373,9 @@ class worker_channel {
   byte_ring tasks_;
   byte_ring results_;
   pid_t parent_;
+  void* fn_ = nullptr;  // set once the worker is ready for express cells
+  bool timed_ = false;
+  std::uint32_t cells_seen_ = 0;  // slot_->cells_posted when the cells were last looked at
 };
 
 /// Makes this worker end within ~100 ms of its parent, even mid-task.
@@ -278,7 +417,10 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     }
   }
   ch.slot()->ready.store(1, std::memory_order_release);
+  ch.enable_express(fn, timed);
   for (;;) {
+    ch.serve_cells();
+    ch.mark_polling(monotonic_ns());
     frame_header h;
     ch.read_exact(reinterpret_cast<char*>(&h), sizeof h);
     if (h.magic != frame_magic) child_exit(70);  // the parent sees a lost worker
@@ -450,6 +592,30 @@ class engine {
   void terminate() noexcept;
   std::vector<pid_t> pids();
   std::size_t size() const noexcept { return workers_.size(); }
+
+  // The express lane (see express_cell); lock-free but for the waits.
+  struct express_ticket {
+    std::uint32_t slot = 0, index = 0;
+  };
+  /// Claims a free cell of a worker polling now on another CPU. False when
+  /// none is, when the pool is closed, or when the lane is off for this pool
+  /// (max_tasks_per_child and retries count items in the queues).
+  bool express_claim(express_ticket& t) noexcept;
+  express_cell& cell(const express_ticket& t) const noexcept {
+    return slot(t.slot)->cells[t.index];
+  }
+  /// Hands a claimed and filled cell to its worker.
+  void express_post(const express_ticket& t) noexcept;
+  /// Waits until the cell is finished (status and result there) or @p deadline.
+  bool express_wait(const express_ticket& t, std::int64_t deadline);
+  /// The exception of a cell finished with status_exception; then frees the cell.
+  std::exception_ptr take_cell_error(const express_ticket& t);
+  /// Frees a finished cell whose result was read.
+  void express_release(const express_ticket& t) noexcept {
+    cell(t).state.store(cell_free, std::memory_order_release);
+  }
+  /// The caller's handle is gone: the call still runs, and whoever finishes it frees the cell.
+  void express_drop(const express_ticket& t) noexcept;
   /// Bytes of each queue.
   std::size_t queue_capacity() const noexcept { return cap_; }
 
@@ -512,6 +678,7 @@ class engine {
     };
     static constexpr std::size_t inline_rings = 8;
     std::uint64_t gen = 0;
+    std::uint32_t express_finished = 0;
     std::int64_t last_progress_ns = 0, next_check = 0;
     std::size_t n = 0;
     ring_pair few[inline_rings];
@@ -536,6 +703,13 @@ class engine {
   bool has_event(const watch_set& ws, bool& poked);
   void break_pool(std::exception_ptr e);
   bool all_done() const;
+  class cell_job;
+  bool express_settled(const express_ticket& t);
+  void finish_cell(const express_ticket& t) noexcept;
+  void fail_cell(const express_ticket& t, std::exception_ptr e) noexcept;
+  void requeue_cell(const express_ticket& t);
+  void settle_cells(const worker& w, std::uint64_t blamed_seq, pid_t pid, int exitcode,
+                    const std::string& what);
   void throw_if_unusable() const;
 
   pool_options opts_;
@@ -563,6 +737,9 @@ class engine {
   std::atomic<std::uint64_t> driver_gen_{0};  // bumped when a waiting driver is replaced
   std::atomic<bool> poke_{false};     // another thread needs the driver to look again
   bool terminate_requested_ = false;  // terminate() waits for the driver: do not start another
+  bool express_enabled_ = false;      // the lane is used by this pool at all
+  std::atomic<bool> express_open_{false};  // and still takes calls (not closed, broken, ...)
+  std::vector<std::exception_ptr> cell_errors_;  // per cell, for status_exception
 };
 
 inline engine::engine(const pool_options& opts, void* fn)
@@ -586,12 +763,15 @@ inline engine::engine(const pool_options& opts, void* fn)
     new (slot(i)) slot_shared();
     workers_[i].slot = i;
   }
+  cell_errors_.resize(n * express_cells);
   try {
     for (auto& w : workers_) spawn_worker(w);
   } catch (...) {
     terminate();
     throw;
   }
+  express_enabled_ = opts_.max_tasks_per_child == 0 && opts_.retries == 0;
+  express_open_.store(express_enabled_);
 }
 
 inline void engine::spawn_worker(worker& w) {
@@ -600,6 +780,7 @@ inline void engine::spawn_worker(worker& w) {
   s->results.head = s->results.tail = 0;
   s->running_seq = 0;
   s->ready = 0;
+  s->poll_ns = 0;  // the express lane waits for the new worker to poll
   new (&s->worker_ev) event();  // a worker killed asleep left its waiter count
   w.tasks = byte_ring(&s->tasks, task_data(w.slot), cap_);
   w.results = byte_ring(&s->results, result_data(w.slot), cap_);
@@ -653,6 +834,223 @@ inline void engine::submit(const std::shared_ptr<job>& j) {
   } else {
     poke_.store(true);  // seen by the driver even if it is not asleep yet
     shared()->parent_ev.notify();
+  }
+}
+
+// ---------------------------------------------------------------- the express lane, parent side
+
+/// Runs an express cell's call through the queues: its worker died before running it.
+class engine::cell_job final : public job {
+ public:
+  cell_job(engine& e, const express_ticket& t) : e_(e), t_(t) {
+    runner = e.cell(t).chunk_runner;
+    chunksize = 1;
+  }
+  std::size_t next_items(byte_buffer& out, std::vector<std::uint32_t>& offsets,
+                         std::uint32_t& stride, std::size_t max, std::uint64_t& base) override {
+    if (sent_ || max == 0) return 0;
+    sent_ = true;
+    const express_cell& c = e_.cell(t_);
+    base = 0;
+    stride = 0;
+    offsets.push_back(0);
+    out.append(c.arg, c.arg_size);
+    return 1;
+  }
+  bool input_done() const override { return sent_; }
+  void deliver(std::uint64_t, std::uint64_t, const std::vector<item_failure>& failed,
+               reader& values) override {
+    if (finished_) return;
+    express_cell& c = e_.cell(t_);
+    if (!failed.empty()) {
+      set_cell_error(c, failed.front().type, failed.front().message);
+    } else if (values.remaining() > express_res_bytes) {
+      fail(0, std::make_exception_ptr(
+                  decode_error("procpool: a worker's answer does not match the call it was given")));
+      return;
+    } else {
+      c.status = status_ok;
+      c.res_size = static_cast<std::uint32_t>(values.remaining());
+      values.read(c.res, values.remaining());
+    }
+    finished_ = true;
+    e_.finish_cell(t_);
+  }
+  void fail(std::uint64_t, std::exception_ptr e) override {
+    if (finished_) return;
+    finished_ = true;
+    e_.fail_cell(t_, std::move(e));
+  }
+  void abort(std::exception_ptr e) override {
+    fail(0, std::move(e));
+    aborted = true;
+  }
+
+ private:
+  engine& e_;
+  express_ticket t_;
+  bool sent_ = false, finished_ = false;
+};
+
+inline bool engine::express_claim(express_ticket& t) noexcept {
+  if (!express_enabled_) return false;
+  pool_shared* ps = shared();
+  // Counted before the pool's state is read; close() sets the state before
+  // join() reads the count: a call either sees the pool closed, or is waited for.
+  ps->express_pending.fetch_add(1, std::memory_order_seq_cst);
+  if (express_open_.load(std::memory_order_seq_cst)) {
+    const int me = current_cpu();
+    const std::int64_t now = monotonic_ns();
+    for (std::uint32_t i = 0; i < workers_.size(); ++i) {
+      slot_shared* s = slot(i);
+      // A worker sharing our CPU would first have to get it back from us.
+      if (now - s->poll_ns.load(std::memory_order_relaxed) > express_fresh_ns ||
+          s->poll_cpu.load(std::memory_order_relaxed) == me)
+        continue;
+      for (std::uint32_t k = 0; k < express_cells; ++k) {
+        std::uint32_t st = cell_free;
+        if (s->cells[k].state.compare_exchange_strong(st, cell_claimed,
+                                                      std::memory_order_acquire)) {
+          t = {i, k};
+          return true;
+        }
+      }
+    }
+  }
+  ps->express_pending.fetch_sub(1, std::memory_order_acq_rel);
+  return false;
+}
+
+inline void engine::express_post(const express_ticket& t) noexcept {
+  cell(t).state.store(cell_posted, std::memory_order_release);
+  slot_shared* s = slot(t.slot);
+  s->cells_posted.fetch_add(1, std::memory_order_acq_rel);
+  s->worker_ev.notify();  // in case it went to sleep since it was chosen
+}
+
+inline bool engine::express_wait(const express_ticket& t, std::int64_t deadline) {
+  express_cell& c = cell(t);
+  const auto finished = [&c] {
+    return (c.state.load(std::memory_order_acquire) & ~cell_dropped) == cell_done;
+  };
+  // The worker was polling on another CPU: the answer is usually there in
+  // well under a microsecond. Past this, it lost its CPU: wait as for any job,
+  // which also watches for its death.
+  constexpr std::int64_t express_spin_ns = 20'000;
+  const std::int64_t start = monotonic_ns();
+  for (unsigned i = 0;; ++i) {
+    if (finished()) return true;
+    cpu_relax();
+    if ((i & 63) == 63) {
+      const std::int64_t now = monotonic_ns();
+      if (now - start > express_spin_ns || now >= deadline) break;
+    }
+  }
+  return run_until([&] { return express_settled(t); }, deadline);
+}
+
+/// Under the lock: true when the cell is finished. A cell posted to a worker
+/// that is gone for good (it raced with its death, or the pool is over) is
+/// finished here.
+inline bool engine::express_settled(const express_ticket& t) {
+  express_cell& c = cell(t);
+  const std::uint32_t st = c.state.load(std::memory_order_acquire) & ~cell_dropped;
+  if (st == cell_done) return true;
+  if (st != cell_posted && st != cell_running) return false;  // requeued: a job runs it
+  if (state_ == state::terminated || state_ == state::joined) {
+    fail_cell(t, std::make_exception_ptr(pool_terminated(
+                     "procpool::Pool: the pool was terminated before this item finished")));
+  } else if (workers_[t.slot].pid == 0) {
+    if (broken_)
+      fail_cell(t, broken_);
+    else
+      requeue_cell(t);
+  }
+  return (c.state.load(std::memory_order_acquire) & ~cell_dropped) == cell_done;
+}
+
+/// Under the lock (or in the worker's place, once it is dead): marks the cell
+/// done for its caller, or free when the caller dropped its handle.
+inline void engine::finish_cell(const express_ticket& t) noexcept {
+  express_cell& c = cell(t);
+  std::uint32_t st = c.state.load(std::memory_order_acquire);
+  while (!c.state.compare_exchange_weak(st, (st & cell_dropped) ? cell_free : cell_done,
+                                        std::memory_order_acq_rel)) {
+  }
+  if (st & cell_dropped) cell_errors_[t.slot * express_cells + t.index] = nullptr;
+  shared()->express_pending.fetch_sub(1, std::memory_order_acq_rel);
+  shared()->express_finished.fetch_add(1, std::memory_order_release);
+  shared()->parent_ev.notify();
+  cv_.notify_all();
+}
+
+inline void engine::fail_cell(const express_ticket& t, std::exception_ptr e) noexcept {
+  cell(t).status = status_exception;
+  cell_errors_[t.slot * express_cells + t.index] = std::move(e);
+  finish_cell(t);
+}
+
+inline void engine::requeue_cell(const express_ticket& t) {
+  if (broken_) {
+    fail_cell(t, broken_);
+    return;
+  }
+  express_cell& c = cell(t);
+  std::uint32_t st = c.state.load(std::memory_order_acquire);
+  while (!c.state.compare_exchange_weak(st, cell_requeued | (st & cell_dropped),
+                                        std::memory_order_acq_rel)) {
+  }
+  try {
+    jobs_.push_front(std::make_shared<cell_job>(*this, t));
+  } catch (...) {
+    fail_cell(t, std::current_exception());
+  }
+}
+
+/// Worker @p w died: its running cell fails (when the death is blamed on it),
+/// the cells it had not started run again through the queues.
+inline void engine::settle_cells(const worker& w, std::uint64_t blamed_seq, pid_t pid,
+                                 int exitcode, const std::string& what) {
+  for (std::uint32_t k = 0; k < express_cells; ++k) {
+    const express_ticket t{static_cast<std::uint32_t>(w.slot), k};
+    const std::uint32_t st = cell(t).state.load(std::memory_order_acquire) & ~cell_dropped;
+    if (st != cell_posted && st != cell_running) continue;
+    if (st == cell_running && blamed_seq == (express_seq | k)) {
+      if (w.timed_out)
+        fail_cell(t, std::make_exception_ptr(task_timeout(0, pid, exitcode, what)));
+      else
+        fail_cell(t, std::make_exception_ptr(worker_lost(0, pid, exitcode, what)));
+    } else {
+      requeue_cell(t);
+    }
+  }
+}
+
+inline std::exception_ptr engine::take_cell_error(const express_ticket& t) {
+  std::lock_guard lk(m_);
+  auto e = std::move(cell_errors_[t.slot * express_cells + t.index]);
+  cell_errors_[t.slot * express_cells + t.index] = nullptr;
+  express_release(t);
+  return e;
+}
+
+inline void engine::express_drop(const express_ticket& t) noexcept {
+  express_cell& c = cell(t);
+  std::uint32_t st = c.state.load(std::memory_order_acquire);
+  for (;;) {
+    if ((st & ~cell_dropped) == cell_done) {
+      if (c.status == status_exception) {
+        try {
+          std::lock_guard lk(m_);
+          cell_errors_[t.slot * express_cells + t.index] = nullptr;
+        } catch (...) {
+          // The lock failed: the exception stays until the cell is reused.
+        }
+      }
+      express_release(t);
+      return;
+    }
+    if (c.state.compare_exchange_weak(st, st | cell_dropped, std::memory_order_acq_rel)) return;
   }
 }
 
@@ -752,6 +1150,7 @@ inline bool engine::pump() {
 inline void engine::fill_watch(watch_set& ws) {
   ws.last_progress_ns = last_progress_ns_;
   ws.next_check = next_check_;
+  ws.express_finished = shared()->express_finished.load(std::memory_order_acquire);
   ws.n = 0;
   ws.more.clear();
   for (auto& w : workers_) {
@@ -764,6 +1163,8 @@ inline bool engine::has_event(const watch_set& ws, bool& poked) {
   if (driver_gen_.load(std::memory_order_relaxed) != ws.gen) return true;  // replaced
   // A submit() or terminate() wants the driver (a load first: this runs in the spin loop).
   if (poke_.load(std::memory_order_relaxed) && poke_.exchange(false)) return poked = true;
+  // An express cell finished: its caller may wait on this driver's rounds.
+  if (shared()->express_finished.load(std::memory_order_relaxed) != ws.express_finished) return true;
   return ws.any([](const watch_set::ring_pair& r) {
     return r.results.readable() > 0 || (r.blocked && r.tasks.writable() > 0);
   });
@@ -1153,6 +1554,13 @@ inline void engine::on_death(worker& w, int exitcode) {
   // A timeout blames what the check saw; a death, what the worker last wrote.
   const std::uint64_t blamed_seq = w.timed_out ? w.timeout_seq : s->running_seq.load();
   const std::uint64_t blamed_item = w.timed_out ? w.timeout_item : s->running_item.load();
+  settle_cells(w, blamed_seq, pid, exitcode,
+               "procpool: worker " + std::to_string(pid) + " " +
+                   (w.timed_out ? "ran past task_timeout (" +
+                                      std::to_string(opts_.task_timeout.count()) +
+                                      " ms) and was killed"
+                                : describe_exitcode(exitcode)) +
+                   " while running item 0");
   // Requeue in order at the front, so that imap's order suffers least.
   std::deque<chunk> mine = std::move(w.inflight);
   w.inflight.clear();
@@ -1235,6 +1643,7 @@ inline void engine::requeue(const chunk& c, std::uint64_t from, std::uint64_t to
 
 inline void engine::break_pool(std::exception_ptr e) {
   broken_ = e;
+  express_open_.store(false);
   for (auto& j : jobs_) j->abort(e);
   for (auto& w : workers_)
     for (auto& c : w.inflight) c.owner->abort(e);
@@ -1245,6 +1654,7 @@ inline void engine::break_pool(std::exception_ptr e) {
 
 inline bool engine::all_done() const {
   if (!jobs_.empty() || !requeued_.empty()) return false;
+  if (shared()->express_pending.load(std::memory_order_acquire) != 0) return false;
   for (const auto& w : workers_)
     if (!w.inflight.empty()) return false;
   return true;
@@ -1252,6 +1662,7 @@ inline bool engine::all_done() const {
 
 inline void engine::close() {
   std::lock_guard lk(m_);
+  express_open_.store(false);  // before join() reads express_pending (see express_claim)
   if (state_ == state::running) state_ = state::closed;
 }
 
@@ -1279,6 +1690,7 @@ inline void engine::join() {
 
 inline void engine::terminate() noexcept {
   std::unique_lock lk(m_);
+  express_open_.store(false);
   terminate_requested_ = true;
   poke_.store(true);
   shared()->parent_ev.notify();  // wake a driver asleep in wait_for_event
@@ -1305,6 +1717,13 @@ inline void engine::terminate() noexcept {
   jobs_.clear();
   requeued_.clear();
   for (auto& w : workers_) w.inflight.clear();
+  // Cells still waiting for their (now dead) workers; a cell posted after
+  // this is failed by its caller's wait (express_settled).
+  for (std::uint32_t i = 0; i < workers_.size(); ++i)
+    for (std::uint32_t k = 0; k < express_cells; ++k) {
+      const std::uint32_t st = slot(i)->cells[k].state.load() & ~cell_dropped;
+      if (st == cell_posted || st == cell_running) fail_cell({i, k}, e);
+    }
   cv_.notify_all();
 }
 

@@ -27,6 +27,7 @@
 
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -55,6 +56,9 @@ inline std::int64_t monotonic_ns() noexcept {
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
   return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
+
+/// The CPU the calling thread runs on (a hint: it may move at once); -1 if unknown.
+inline int current_cpu() noexcept { return ::sched_getcpu(); }
 
 /// monotonic_ns() + @p d, saturated: a huge or infinite timeout means "never".
 template <class Rep, class Period>
