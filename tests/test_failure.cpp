@@ -44,6 +44,7 @@
 #include <catch2/catch.hpp>
 
 #include "alloc_cap.hpp"
+#include "express.hpp"
 #include "sanitizers.hpp"
 
 // Allocations above 256 MiB throw std::bad_alloc in this binary (see
@@ -1796,3 +1797,182 @@ TEST_CASE("maps of big items reuse the parent's message buffers", "[memory]") {
   CHECK(procpool_test::big_allocations.load() - before <= 5);
 }
 #endif
+
+// ------------------------------------------------------------ the express lane
+
+namespace {
+
+/// A flag in shared memory that calls of -1 wait on (the *_held helpers).
+struct hold_flag {
+  hold_flag() {
+    mem_ = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(mem_ != MAP_FAILED);
+    flag = new (mem_) std::atomic<int>(1);
+  }
+  ~hold_flag() { ::munmap(mem_, 4096); }
+  hold_flag(const hold_flag&) = delete;
+  hold_flag& operator=(const hold_flag&) = delete;
+  void* mem_;
+  std::atomic<int>* flag;
+};
+
+/// The task of the held tests: a call of -1 runs while the flag is set (at most 20 s).
+int run_held(std::atomic<int>* hold, int i) {
+  for (int ms = 0; i < 0 && hold->load() && ms < 20'000; ++ms) sleep_for_ms(1);
+  return i;
+}
+
+/// A call of -1 that took the express lane and is held; the calls that did not
+/// take it are let go at once and waited for.
+template <class Pool>
+auto held_express_call(Pool& pool, hold_flag& hold)
+    -> std::optional<decltype(pool.apply_async(0))> {
+  for (int k = 0; k < 1000; ++k) {
+    (void)pool.apply_async(0).get();  // the workers poll
+    auto r = pool.apply_async(-1);
+    if (r.express()) return r;
+    hold.flag->store(0);
+    r.wait();
+    hold.flag->store(1);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+
+TEST_CASE("express lane: a worker that dies running the call fails it with worker_lost",
+          "[failure][express]") {
+  if (!express_test::have_two_cpus()) {
+    WARN("one CPU: the express lane needs a worker polling on another CPU");
+    return;
+  }
+  watchdog wd(60s);
+  auto f = [](int i) {
+    if (i < 0) ::kill(::getpid(), SIGKILL);
+    return i + 1;
+  };
+  procpool::Pool pool(f, 2);
+  for (int k = 0; k < 3; ++k) {
+    auto r = express_test::express_call_after(pool, [&] { (void)pool.apply_async(0).get(); }, -1);
+    REQUIRE(r);
+    try {
+      (void)r->get();
+      FAIL("no worker_lost");
+    } catch (const procpool::task_timeout&) {
+      FAIL("task_timeout without a timeout");
+    } catch (const procpool::worker_lost& e) {
+      CHECK(e.exitcode() == -SIGKILL);
+      CHECK(e.index() == 0);
+      CHECK(contains(e.what(), "killed by SIGKILL"));
+    }
+    CHECK(pool.apply_async(k).get() == k + 1);  // and it goes on
+  }
+  CHECK(pool.pids().size() == 2);
+}
+
+TEST_CASE("express lane: task_timeout kills a worker running the call", "[failure][express]") {
+  if (!express_test::have_two_cpus()) {
+    WARN("one CPU: the express lane needs a worker polling on another CPU");
+    return;
+  }
+  watchdog wd(60s);
+  hold_flag hold;
+  auto f = [h = hold.flag](int i) { return run_held(h, i); };
+  procpool::Pool pool(f, procpool::pool_options{.processes = 2, .task_timeout = 200ms});
+  auto r = held_express_call(pool, hold);
+  REQUIRE(r);
+  const auto t0 = clk::now();
+  try {
+    (void)r->get();
+    FAIL("no task_timeout");
+  } catch (const procpool::task_timeout& e) {
+    CHECK(e.exitcode() == -SIGKILL);
+    CHECK(contains(e.what(), "task_timeout"));
+  }
+  std::fprintf(stderr, "[timing] express call past task_timeout=200ms failed after %.1f ms\n",
+               ms_since(t0));
+  CHECK(pool.apply_async(5).get() == 5);
+}
+
+TEST_CASE("express lane: dropped results still run, free their cells, and join waits for them",
+          "[failure][express]") {
+  if (!express_test::have_two_cpus()) {
+    WARN("one CPU: the express lane needs a worker polling on another CPU");
+    return;
+  }
+  watchdog wd(60s);
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const int wfd = fds[1];
+  auto f = [wfd](int i) {
+    sleep_for_ms(i % 3);
+    (void)!::write(wfd, &i, sizeof i);  // under PIPE_BUF: whole
+    return i;
+  };
+  // Read as the calls write: a full pipe would block them.
+  std::multiset<int> ran;
+  std::thread reader([&] {
+    int v;
+    while (::read(fds[0], &v, sizeof v) == static_cast<ssize_t>(sizeof v)) ran.insert(v);
+  });
+  std::set<int> submitted;
+  {
+    procpool::Pool pool(f, 2);
+    int dropped = 0, k = 0;
+    const auto until = clk::now() + 20s;
+    for (; dropped < 100 && clk::now() < until; ++k) {
+      auto r = pool.apply_async(k);
+      submitted.insert(k);
+      if (r.express())
+        ++dropped;  // never read: destroyed here
+      else
+        r.wait();
+    }
+    std::fprintf(stderr, "[express] %d of %d calls took the lane\n", dropped, k);
+    CHECK(dropped == 100);
+    // All four cells of a worker were dropped many times over: still usable.
+    auto last = express_test::express_call(pool, 3);
+    REQUIRE(last);
+    submitted.insert(3);
+    pool.close();
+    pool.join();  // waits for the dropped calls too
+    CHECK(last->get() == 3);
+  }
+  ::close(wfd);  // the workers' copies are closed: they have exited
+  reader.join();
+  ::close(fds[0]);
+  for (int k : submitted) CHECK(ran.count(k) >= 1);
+}
+
+TEST_CASE("express lane: close() refuses new calls, terminate() fails the running one",
+          "[failure][express]") {
+  if (!express_test::have_two_cpus()) {
+    WARN("one CPU: the express lane needs a worker polling on another CPU");
+    return;
+  }
+  watchdog wd(60s);
+  hold_flag hold;
+  auto f = [h = hold.flag](int i) { return run_held(h, i); };
+  using pool_type = procpool::Pool<decltype(f)>;
+  {
+    pool_type pool(f, 2);
+    auto r = held_express_call(pool, hold);
+    REQUIRE(r);
+    pool.close();
+    CHECK_THROWS_AS(pool.apply_async(1), procpool::usage_error);
+    CHECK_FALSE(r->ready());
+    hold.flag->store(0);
+    pool.join();  // waits for the call
+    CHECK(r->ready());
+    CHECK(r->get() == -1);
+  }
+  hold.flag->store(1);
+  std::optional<decltype(std::declval<pool_type&>().apply_async(0))> r;
+  {
+    pool_type pool(f, 2);
+    r = held_express_call(pool, hold);
+    REQUIRE(r);
+  }  // destroyed: terminated, with the call still running
+  CHECK_THROWS_AS(r->get(), procpool::pool_terminated);
+}

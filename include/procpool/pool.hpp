@@ -614,6 +614,8 @@ class async_result {
   }
   /// True when the result (or error) is there; does not wait.
   bool ready() { return wait_for(std::chrono::nanoseconds(0)); }
+  /// True when the call took the express lane (see README, "Express lane"), until get().
+  bool express() const noexcept { return static_cast<bool>(cell_); }
 
  private:
   template <class>

@@ -1,0 +1,35 @@
+// procpool tests: getting a call onto apply_async's express lane.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <thread>
+
+namespace express_test {
+
+/// Whether this machine can give the lane a worker on another CPU at all.
+inline bool have_two_cpus() { return std::thread::hardware_concurrency() >= 2; }
+
+/// Calls warm(), then pool.apply_async(args...), until a call takes the express
+/// lane (a worker must be polling on another CPU: a warm-up call answered just
+/// before keeps the workers polling), for at most 10 s; nullopt if none did.
+/// The calls that did not take it are waited for.
+template <class Pool, class Warm, class... Args>
+auto express_call_after(Pool& pool, Warm warm, const Args&... args)
+    -> std::optional<decltype(pool.apply_async(args...))> {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < until) {
+    warm();
+    auto r = pool.apply_async(args...);
+    if (r.express()) return r;
+    r.wait();
+  }
+  return std::nullopt;
+}
+
+template <class Pool, class... Args>
+auto express_call(Pool& pool, const Args&... args) {
+  return express_call_after(pool, [] {}, args...);
+}
+
+}  // namespace express_test
