@@ -240,13 +240,13 @@ void run_express(void* fp, express_cell& c) {
 class express_handle {
  public:
   express_handle() = default;
-  express_handle(engine* e, engine::express_ticket t) : eng_(e), t_(t) {}
-  express_handle(express_handle&& o) noexcept
-      : eng_(std::exchange(o.eng_, nullptr)), t_(o.t_) {}
+  express_handle(std::shared_ptr<engine> e, engine::express_ticket t)
+      : eng_(std::move(e)), t_(t) {}
+  express_handle(express_handle&& o) noexcept : eng_(std::move(o.eng_)), t_(o.t_) {}
   express_handle& operator=(express_handle&& o) noexcept {
     if (this != &o) {
       reset();
-      eng_ = std::exchange(o.eng_, nullptr);
+      eng_ = std::move(o.eng_);
       t_ = o.t_;
     }
     return *this;
@@ -258,7 +258,7 @@ class express_handle {
   /// The finished cell's value; throws its error. Frees the cell.
   template <class T>
   T take() {
-    engine* e = std::exchange(eng_, nullptr);
+    const std::shared_ptr<engine> e = std::move(eng_);
     express_cell& c = e->cell(t_);
     if (c.status == status_exception) std::rethrow_exception(e->take_cell_error(t_));
     if (c.status == status_task_error) {
@@ -282,9 +282,11 @@ class express_handle {
  private:
   void reset() noexcept {
     if (eng_) eng_->express_drop(t_);
-    eng_ = nullptr;
+    eng_.reset();
   }
-  engine* eng_ = nullptr;  // the async_result's shared_ptr keeps it alive
+  // Its own reference: the cell is dropped whatever order an async_result's
+  // members are destroyed or assigned in.
+  std::shared_ptr<engine> eng_;
   engine::express_ticket t_;
 };
 
@@ -1011,7 +1013,7 @@ auto Pool<F>::apply_async(Args&&... args) {
       c.chunk_runner =
           reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, detail::call_style::apply>);
       eng_->express_post(t);
-      return async_result<R>(eng_, detail::express_handle(eng_.get(), t));
+      return async_result<R>(eng_, detail::express_handle(eng_, t));
     }
   }
   using Job = detail::encoded_job<detail::collect_job<detail::stored_t<R>>>;
