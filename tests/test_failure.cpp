@@ -1802,22 +1802,26 @@ TEST_CASE("maps of big items reuse the parent's message buffers", "[memory]") {
 
 namespace {
 
-/// A flag in shared memory that calls of -1 wait on (the *_held helpers).
+/// A flag in shared memory that calls of -1 wait on, and the pid of the
+/// worker that last began one.
 struct hold_flag {
   hold_flag() {
     mem_ = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(mem_ != MAP_FAILED);
     flag = new (mem_) std::atomic<int>(1);
+    pid = new (static_cast<char*>(mem_) + 64) std::atomic<int>(0);
   }
   ~hold_flag() { ::munmap(mem_, 4096); }
   hold_flag(const hold_flag&) = delete;
   hold_flag& operator=(const hold_flag&) = delete;
   void* mem_;
   std::atomic<int>* flag;
+  std::atomic<int>* pid;
 };
 
 /// The task of the held tests: a call of -1 runs while the flag is set (at most 20 s).
-int run_held(std::atomic<int>* hold, int i) {
+int run_held(std::atomic<int>* hold, std::atomic<int>* pid, int i) {
+  if (i < 0) pid->store(::getpid());
   for (int ms = 0; i < 0 && hold->load() && ms < 20'000; ++ms) sleep_for_ms(1);
   return i;
 }
@@ -1878,7 +1882,7 @@ TEST_CASE("express lane: task_timeout kills a worker running the call", "[failur
   }
   watchdog wd(60s);
   hold_flag hold;
-  auto f = [h = hold.flag](int i) { return run_held(h, i); };
+  auto f = [h = hold.flag, p = hold.pid](int i) { return run_held(h, p, i); };
   procpool::Pool pool(f, procpool::pool_options{.processes = 2, .task_timeout = 200ms});
   auto r = held_express_call(pool, hold);
   REQUIRE(r);
@@ -1953,7 +1957,7 @@ TEST_CASE("express lane: close() refuses new calls, terminate() fails the runnin
   }
   watchdog wd(60s);
   hold_flag hold;
-  auto f = [h = hold.flag](int i) { return run_held(h, i); };
+  auto f = [h = hold.flag, p = hold.pid](int i) { return run_held(h, p, i); };
   using pool_type = procpool::Pool<decltype(f)>;
   {
     pool_type pool(f, 2);
@@ -1975,4 +1979,40 @@ TEST_CASE("express lane: close() refuses new calls, terminate() fails the runnin
     REQUIRE(r);
   }  // destroyed: terminated, with the call still running
   CHECK_THROWS_AS(r->get(), procpool::pool_terminated);
+}
+
+TEST_CASE("express lane: a long express call keeps queued work off its worker",
+          "[failure][express]") {
+  if (!express_test::have_two_cpus()) {
+    WARN("one CPU: the express lane needs a worker polling on another CPU");
+    return;
+  }
+  watchdog wd(60s);
+  hold_flag hold;
+  auto f = [h = hold.flag, p = hold.pid](int i) { return run_held(h, p, i); };
+  procpool::Pool pool(f, 2);
+  // Held on the first worker: the one the queues fill first.
+  std::optional<decltype(pool.apply_async(0))> r;
+  for (int k = 0; k < 100 && !r; ++k) {
+    hold.pid->store(0);
+    auto c = held_express_call(pool, hold);
+    REQUIRE(c);
+    const auto until = clk::now() + 5s;
+    while (hold.pid->load() == 0 && clk::now() < until) sleep_for_ms(1);
+    if (hold.pid->load() == pool.pids().front()) {
+      r = std::move(c);
+    } else {
+      hold.flag->store(0);
+      CHECK(c->get() == -1);
+      hold.flag->store(1);
+    }
+  }
+  REQUIRE(r);
+  sleep_for_ms(20);  // long enough that the first worker counts as busy
+  auto m = pool.map_async(std::vector<int>{1, 2, 3, 4});
+  // Queued behind the held call, it would wait the 20 s the call is held.
+  CHECK(m.wait_for(10s));
+  hold.flag->store(0);
+  CHECK(r->get() == -1);
+  CHECK(m.get() == std::vector<int>{1, 2, 3, 4});
 }

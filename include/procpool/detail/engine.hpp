@@ -240,10 +240,7 @@ class worker_channel {
   slot_shared* slot() noexcept { return slot_; }
 
   /// From now on, the express cells are served (with @p fn, the pool's function).
-  void enable_express(void* fn, bool timed) noexcept {
-    fn_ = fn;
-    timed_ = timed;
-  }
+  void enable_express(void* fn) noexcept { fn_ = fn; }
   /// Says "polling now, on this CPU" to callers choosing a worker for a cell.
   void mark_polling(std::int64_t now) noexcept {
     slot_->poll_cpu.store(current_cpu(), std::memory_order_relaxed);
@@ -264,8 +261,9 @@ class worker_channel {
           !c.state.compare_exchange_strong(st, cell_running | (st & cell_dropped),
                                            std::memory_order_acq_rel))
         continue;
-      // Marked as running for blame on death and for task_timeout, as an item is.
-      if (timed_) slot_->running_since.store(monotonic_ns(), std::memory_order_relaxed);
+      // Marked as running for blame on death and for task_timeout, as an item
+      // is; the start time always, for the parent's dispatch.
+      slot_->running_since.store(monotonic_ns(), std::memory_order_relaxed);
       slot_->running_item.store(0, std::memory_order_release);
       slot_->running_seq.store(express_seq | k, std::memory_order_release);
       reinterpret_cast<express_runner>(c.runner)(fn_, c);
@@ -374,7 +372,6 @@ class worker_channel {
   byte_ring results_;
   pid_t parent_;
   void* fn_ = nullptr;  // set once the worker is ready for express cells
-  bool timed_ = false;
   std::uint32_t cells_seen_ = 0;  // slot_->cells_posted when the cells were last looked at
 };
 
@@ -417,7 +414,7 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     }
   }
   ch.slot()->ready.store(1, std::memory_order_release);
-  ch.enable_express(fn, timed);
+  ch.enable_express(fn);
   for (;;) {
     ch.serve_cells();
     ch.mark_polling(monotonic_ns());
@@ -705,6 +702,12 @@ class engine {
   bool all_done() const;
   class cell_job;
   bool express_settled(const express_ticket& t);
+  /// When worker @p w began the express call it runs; 0 when it runs none.
+  std::int64_t express_started(const worker& w) const noexcept {
+    const slot_shared* s = slot(w.slot);
+    if (!(s->running_seq.load(std::memory_order_acquire) & express_seq)) return 0;
+    return std::max<std::int64_t>(s->running_since.load(std::memory_order_relaxed), 1);
+  }
   void finish_cell(const express_ticket& t) noexcept;
   void fail_cell(const express_ticket& t, std::exception_ptr e) noexcept;
   void requeue_cell(const express_ticket& t);
@@ -1449,9 +1452,15 @@ inline bool engine::dispatch() {
     // one, so a worker that finishes early is not left idle while another
     // still has a queued task.
     // A chunk still running counts with the time it has taken so far.
-    const std::int64_t took =
-        w.inflight.empty() ? w.last_chunk_ns
-                           : std::max(w.last_chunk_ns, monotonic_ns() - w.inflight.front().sent_ns);
+    const std::int64_t now = monotonic_ns();
+    std::int64_t took = w.inflight.empty()
+                            ? w.last_chunk_ns
+                            : std::max(w.last_chunk_ns, now - w.inflight.front().sent_ns);
+    // So does an express call it runs (the queues do not see those): a long
+    // one keeps queued work off this worker while another may be free.
+    const std::int64_t express_since = express_started(w);
+    if (express_since) took = std::max(took, now - express_since);
+    const std::size_t express_busy = express_since ? 1 : 0;
     const std::size_t depth = took < 0           ? 1
                               : took < 500'000   ? 8
                               : took < 5'000'000 ? 2
@@ -1461,7 +1470,7 @@ inline bool engine::dispatch() {
     // would only wait in the parent's memory (encoded, and kept for a retry).
     std::size_t queued_bytes = 0;
     for (const chunk& q : w.inflight) queued_bytes += q.msg.size();
-    while (w.inflight.size() < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
+    while (w.inflight.size() + express_busy < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
       chunk c;
       if (!next_chunk(w, c)) {
         recycle(std::move(c.msg));  // a spare it took for nothing
