@@ -105,11 +105,13 @@ struct alignas(64) pool_shared {
 // is finished by the parent: blamed (worker_lost, task_timeout), or run again
 // through the queues when it had not started.
 
-inline constexpr unsigned express_cells = 4;          // per worker
+inline constexpr unsigned express_cells = 8;          // per worker
 inline constexpr std::size_t express_arg_bytes = 256;  // encoded arguments, at most
 inline constexpr std::size_t express_res_bytes = 1024;  // result; or a task error's text
 inline constexpr std::uint64_t express_seq = std::uint64_t{1} << 63;  // running_seq: bit | cell
 inline constexpr std::int64_t express_fresh_ns = 5'000;  // "polling now": polled this recently
+// ... on the caller's CPU: the caller, waking, took the CPU from it a moment ago
+inline constexpr std::int64_t express_fresh_here_ns = 100'000;
 
 enum cell_state : std::uint32_t {
   cell_free = 0,
@@ -134,6 +136,7 @@ struct alignas(64) express_cell {
   std::uint64_t chunk_runner = 0;  // the chunk runner, for a run through the queues
   std::uint32_t arg_size = 0;
   std::uint32_t res_size = 0;
+  std::int32_t caller_cpu = -1;  // the worker yields to a caller waiting on its CPU
   char arg[express_arg_bytes];
   char res[express_res_bytes];
 };
@@ -266,8 +269,11 @@ class worker_channel {
       slot_->running_since.store(monotonic_ns(), std::memory_order_relaxed);
       slot_->running_item.store(0, std::memory_order_release);
       slot_->running_seq.store(express_seq | k, std::memory_order_release);
+      slot_->poll_ns.store(0, std::memory_order_relaxed);  // busy: not polling
+      const bool caller_here = c.caller_cpu >= 0 && c.caller_cpu == current_cpu();
       reinterpret_cast<express_runner>(c.runner)(fn_, c);
       slot_->running_seq.store(0, std::memory_order_release);
+      mark_polling(monotonic_ns());  // before the caller sees the answer and calls again
       std::uint32_t running = cell_running;
       if (!c.state.compare_exchange_strong(running, cell_done, std::memory_order_acq_rel))
         c.state.store(cell_free, std::memory_order_release);  // dropped: nobody reads it
@@ -275,6 +281,7 @@ class worker_channel {
       pool_->express_finished.fetch_add(1, std::memory_order_release);
       pool_->parent_ev.notify();
       ran = true;
+      if (caller_here) yield_cpu();  // it yielded the CPU to us: give it back at once
     }
     return ran;
   }
@@ -451,6 +458,7 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     vals.clear();
     errors.clear();
     vals.grow(sizeof(result_header));
+    ch.slot()->poll_ns.store(0, std::memory_order_relaxed);  // busy: not polling
     task_context ctx{r, th.seq, th.count, vals, errors, 0, ch.slot(), timed};
     reinterpret_cast<runner_fn>(th.runner)(fn, ctx);
     if (in_place) ch.release(size);
@@ -593,6 +601,7 @@ class engine {
   // The express lane (see express_cell); lock-free but for the waits.
   struct express_ticket {
     std::uint32_t slot = 0, index = 0;
+    bool same_cpu = false;  // its worker last polled on the caller's CPU
   };
   /// Claims a free cell of a worker polling now on another CPU. False when
   /// none is, when the pool is closed, or when the lane is off for this pool
@@ -904,18 +913,23 @@ inline bool engine::express_claim(express_ticket& t) noexcept {
   if (express_open_.load(std::memory_order_seq_cst)) {
     const int me = current_cpu();
     const std::int64_t now = monotonic_ns();
-    for (std::uint32_t i = 0; i < workers_.size(); ++i) {
-      slot_shared* s = slot(i);
-      // A worker sharing our CPU would first have to get it back from us.
-      if (now - s->poll_ns.load(std::memory_order_relaxed) > express_fresh_ns ||
-          s->poll_cpu.load(std::memory_order_relaxed) == me)
-        continue;
-      for (std::uint32_t k = 0; k < express_cells; ++k) {
-        std::uint32_t st = cell_free;
-        if (s->cells[k].state.compare_exchange_strong(st, cell_claimed,
-                                                      std::memory_order_acquire)) {
-          t = {i, k};
-          return true;
+    // First a worker on another CPU; else one on ours, which the caller then
+    // lets run by yielding the CPU (see express_wait).
+    for (int pass = 0; pass < 2; ++pass) {
+      for (std::uint32_t i = 0; i < workers_.size(); ++i) {
+        slot_shared* s = slot(i);
+        const std::int64_t polled = s->poll_ns.load(std::memory_order_relaxed);
+        if (polled == 0 || now - polled > (pass == 0 ? express_fresh_ns : express_fresh_here_ns) ||
+            (s->poll_cpu.load(std::memory_order_relaxed) == me) != (pass == 1))
+          continue;
+        for (std::uint32_t k = 0; k < express_cells; ++k) {
+          std::uint32_t st = cell_free;
+          if (s->cells[k].state.compare_exchange_strong(st, cell_claimed,
+                                                        std::memory_order_acquire)) {
+            t = {i, k, pass == 1};
+            s->cells[k].caller_cpu = pass == 1 ? me : -1;
+            return true;
+          }
         }
       }
     }
@@ -939,12 +953,17 @@ inline bool engine::express_wait(const express_ticket& t, std::int64_t deadline)
   // The worker was polling on another CPU: the answer is usually there in
   // well under a microsecond. Past this, it lost its CPU: wait as for any job,
   // which also watches for its death.
+  // A worker on our CPU can only run if we yield it the CPU (it yields it
+  // back when done).
   constexpr std::int64_t express_spin_ns = 20'000;
   const std::int64_t start = monotonic_ns();
   for (unsigned i = 0;; ++i) {
     if (finished()) return true;
-    cpu_relax();
-    if ((i & 63) == 63) {
+    if (t.same_cpu)
+      yield_cpu();
+    else
+      cpu_relax();
+    if ((i & 63) == 63 || t.same_cpu) {
       const std::int64_t now = monotonic_ns();
       if (now - start > express_spin_ns || now >= deadline) break;
     }

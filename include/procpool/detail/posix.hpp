@@ -60,6 +60,9 @@ inline std::int64_t monotonic_ns() noexcept {
 /// The CPU the calling thread runs on (a hint: it may move at once); -1 if unknown.
 inline int current_cpu() noexcept { return ::sched_getcpu(); }
 
+/// Gives the CPU to another runnable thread, if any.
+inline void yield_cpu() noexcept { ::sched_yield(); }
+
 /// monotonic_ns() + @p d, saturated: a huge or infinite timeout means "never".
 template <class Rep, class Period>
 std::int64_t deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
