@@ -260,10 +260,14 @@ class worker_channel {
       std::uint32_t st = c.state.load(std::memory_order_acquire);
       // Run even when the caller dropped its handle: as with Python's
       // apply_async, the call happens whether or not anyone reads its result.
-      if ((st & ~cell_dropped) != cell_posted ||
-          !c.state.compare_exchange_strong(st, cell_running | (st & cell_dropped),
-                                           std::memory_order_acq_rel))
-        continue;
+      // (The caller may set "dropped" meanwhile: try again, or the cell would
+      // wait for the next post.)
+      bool took = false;
+      while ((st & ~cell_dropped) == cell_posted &&
+             !(took = c.state.compare_exchange_weak(st, cell_running | (st & cell_dropped),
+                                                    std::memory_order_acq_rel))) {
+      }
+      if (!took) continue;
       // Marked as running for blame on death and for task_timeout, as an item
       // is; the start time always, for the parent's dispatch.
       slot_->running_since.store(monotonic_ns(), std::memory_order_relaxed);
@@ -272,11 +276,12 @@ class worker_channel {
       slot_->poll_ns.store(0, std::memory_order_relaxed);  // busy: not polling
       const bool caller_here = c.caller_cpu >= 0 && c.caller_cpu == current_cpu();
       reinterpret_cast<express_runner>(c.runner)(fn_, c);
-      slot_->running_seq.store(0, std::memory_order_release);
       mark_polling(monotonic_ns());  // before the caller sees the answer and calls again
       std::uint32_t running = cell_running;
       if (!c.state.compare_exchange_strong(running, cell_done, std::memory_order_acq_rel))
         c.state.store(cell_free, std::memory_order_release);  // dropped: nobody reads it
+      // Only now: a death before this blames the cell, which is done (not run again).
+      slot_->running_seq.store(0, std::memory_order_release);
       pool_->express_pending.fetch_sub(1, std::memory_order_acq_rel);
       pool_->express_finished.fetch_add(1, std::memory_order_release);
       pool_->parent_ev.notify();
@@ -294,7 +299,7 @@ class worker_channel {
         n -= got;
         pool_->parent_ev.notify();  // space freed
       } else {
-        wait([this] { return tasks_.readable() > 0; });
+        wait([this] { return tasks_.readable() > 0; }, true);
       }
     }
   }
@@ -326,7 +331,7 @@ class worker_channel {
         n -= put;
         pool_->parent_ev.notify();  // data arrived
       } else {
-        wait([this] { return results_.writable() > 0; });
+        wait([this] { return results_.writable() > 0; }, false);
       }
     }
   }
@@ -339,19 +344,21 @@ class worker_channel {
  private:
   /// Spins briefly, then sleeps; wakes every 100 ms to see whether the parent
   /// is gone (the death signal covers most cases; this covers the rest).
-  /// Express cells posted meanwhile are run.
+  /// With @p serve, express cells posted meanwhile are run (waiting for a
+  /// task, not while sending a task's results: a crash in a cell then would
+  /// make the parent run that task again).
   template <class Ready>
-  void wait(Ready ready) {
+  void wait(Ready ready, bool serve) {
     std::int64_t now = monotonic_ns();
     std::int64_t until = now + spin_ns;
-    mark_polling(now);
+    if (serve) mark_polling(now);
     for (unsigned i = 0;; ++i) {
       if (ready()) return;
-      if (serve_cells()) until = monotonic_ns() + spin_ns;
+      if (serve && serve_cells()) until = monotonic_ns() + spin_ns;
       cpu_relax();
       if ((i & 63) == 63) {
         now = monotonic_ns();
-        mark_polling(now);
+        if (serve) mark_polling(now);
         if (now > until) break;
       }
     }
@@ -362,9 +369,10 @@ class worker_channel {
         slot_->worker_ev.retire();
         return;
       }
-      if (slot_->cells_posted.load(std::memory_order_acquire) != cells_seen_) {
+      if (serve && slot_->cells_posted.load(std::memory_order_acquire) != cells_seen_) {
         slot_->worker_ev.retire();
         serve_cells();
+        slot_->poll_ns.store(0, std::memory_order_relaxed);  // back to sleep
         continue;
       }
       slot_->worker_ev.wait(seen, 100'000'000);
@@ -1087,6 +1095,8 @@ bool engine::run_until(Done done, std::int64_t deadline) {
   bool replaced = false;  // another caller took over driving from us: wait for it to finish
   watch_set ws;  // what we watch while waiting; filled before each wait
   for (;;) {
+    // Before done(): an express cell finishing after this wakes the wait below.
+    ws.express_finished = shared()->express_finished.load(std::memory_order_acquire);
     if (done()) return true;
     // A poll (deadline already past) never takes over: the driver will see to it.
     const bool can_take_over =
@@ -1172,7 +1182,6 @@ inline bool engine::pump() {
 inline void engine::fill_watch(watch_set& ws) {
   ws.last_progress_ns = last_progress_ns_;
   ws.next_check = next_check_;
-  ws.express_finished = shared()->express_finished.load(std::memory_order_acquire);
   ws.n = 0;
   ws.more.clear();
   for (auto& w : workers_) {
@@ -1682,7 +1691,7 @@ inline void engine::break_pool(std::exception_ptr e) {
 
 inline bool engine::all_done() const {
   if (!jobs_.empty() || !requeued_.empty()) return false;
-  if (shared()->express_pending.load(std::memory_order_acquire) != 0) return false;
+  if (shared()->express_pending.load(std::memory_order_seq_cst) != 0) return false;
   for (const auto& w : workers_)
     if (!w.inflight.empty()) return false;
   return true;
