@@ -728,8 +728,7 @@ class engine {
   void finish_cell(const express_ticket& t) noexcept;
   void fail_cell(const express_ticket& t, std::exception_ptr e) noexcept;
   void requeue_cell(const express_ticket& t);
-  void settle_cells(const worker& w, std::uint64_t blamed_seq, pid_t pid, int exitcode,
-                    const std::string& what);
+  void settle_cells(const worker& w, std::uint64_t blamed_seq, std::exception_ptr blamed_error);
   void throw_if_unusable() const;
 
   pool_options opts_;
@@ -1039,17 +1038,14 @@ inline void engine::requeue_cell(const express_ticket& t) {
 
 /// Worker @p w died: its running cell fails (when the death is blamed on it),
 /// the cells it had not started run again through the queues.
-inline void engine::settle_cells(const worker& w, std::uint64_t blamed_seq, pid_t pid,
-                                 int exitcode, const std::string& what) {
+inline void engine::settle_cells(const worker& w, std::uint64_t blamed_seq,
+                                 std::exception_ptr blamed_error) {
   for (std::uint32_t k = 0; k < express_cells; ++k) {
     const express_ticket t{static_cast<std::uint32_t>(w.slot), k};
     const std::uint32_t st = cell(t).state.load(std::memory_order_acquire) & ~cell_dropped;
     if (st != cell_posted && st != cell_running) continue;
     if (st == cell_running && blamed_seq == (express_seq | k)) {
-      if (w.timed_out)
-        fail_cell(t, std::make_exception_ptr(task_timeout(0, pid, exitcode, what)));
-      else
-        fail_cell(t, std::make_exception_ptr(worker_lost(0, pid, exitcode, what)));
+      fail_cell(t, blamed_error);
     } else {
       requeue_cell(t);
     }
@@ -1591,13 +1587,18 @@ inline void engine::on_death(worker& w, int exitcode) {
   // A timeout blames what the check saw; a death, what the worker last wrote.
   const std::uint64_t blamed_seq = w.timed_out ? w.timeout_seq : s->running_seq.load();
   const std::uint64_t blamed_item = w.timed_out ? w.timeout_item : s->running_item.load();
-  settle_cells(w, blamed_seq, pid, exitcode,
-               "procpool: worker " + std::to_string(pid) + " " +
-                   (w.timed_out ? "ran past task_timeout (" +
-                                      std::to_string(opts_.task_timeout.count()) +
-                                      " ms) and was killed"
-                                : describe_exitcode(exitcode)) +
-                   " while running item 0");
+  // The error of the item (or express call: index 0) the death is blamed on.
+  const auto blamed_error = [&](std::uint64_t index) {
+    const std::string what = "procpool: worker " + std::to_string(pid) + " " +
+                             (w.timed_out ? "ran past task_timeout (" +
+                                                std::to_string(opts_.task_timeout.count()) +
+                                                " ms) and was killed"
+                                          : describe_exitcode(exitcode)) +
+                             " while running item " + std::to_string(index);
+    return w.timed_out ? std::make_exception_ptr(task_timeout(index, pid, exitcode, what))
+                       : std::make_exception_ptr(worker_lost(index, pid, exitcode, what));
+  };
+  settle_cells(w, blamed_seq, (blamed_seq & express_seq) ? blamed_error(0) : nullptr);
   // Requeue in order at the front, so that imap's order suffers least.
   std::deque<chunk> mine = std::move(w.inflight);
   w.inflight.clear();
@@ -1628,16 +1629,7 @@ inline void engine::on_death(worker& w, int exitcode) {
       if (c.attempts < opts_.retries) {
         requeued_.push_front(c.slice(blamed_item, blamed_item + 1, c.attempts + 1));
       } else {
-        const std::string what = "procpool: worker " + std::to_string(pid) + " " +
-                                 (w.timed_out ? "ran past task_timeout (" +
-                                                    std::to_string(opts_.task_timeout.count()) +
-                                                    " ms) and was killed"
-                                              : describe_exitcode(exitcode)) +
-                                 " while running item " + std::to_string(index);
-        if (w.timed_out)
-          c.owner->fail(index, std::make_exception_ptr(task_timeout(index, pid, exitcode, what)));
-        else
-          c.owner->fail(index, std::make_exception_ptr(worker_lost(index, pid, exitcode, what)));
+        c.owner->fail(index, blamed_error(index));
         --c.owner->outstanding;
       }
       requeue(c, 0, blamed_item);
