@@ -802,8 +802,12 @@ class Pool {
   template <detail::call_style S, class Range>
   static auto check_input();
 
+  /// Builds and submits the job of a map-like call over @p view. A
+  /// @p chunksize of 0 picks one (auto_chunksize) and lets chunks shrink as the
+  /// input drains (detail/scheduler.hpp).
   template <class Job, detail::call_style S, class View, class Arg, class... JobArgs>
-  std::shared_ptr<Job> start(View&& view, std::size_t chunksize, JobArgs&&... job_args);
+  std::shared_ptr<Job> start(View&& view, std::size_t chunksize, std::size_t auto_cap,
+                             JobArgs&&... job_args);
 
   /// Python's rule (len / (4 * processes), rounded up), capped at @p cap items;
   /// fixed-size items are also capped at 1/32 of a queue (32 KiB of arguments
@@ -882,12 +886,16 @@ auto Pool<F>::check_input() {
 
 template <class F>
 template <class Job, detail::call_style S, class View, class Arg, class... JobArgs>
-std::shared_ptr<Job> Pool<F>::start(View&& view, std::size_t chunksize, JobArgs&&... job_args) {
+std::shared_ptr<Job> Pool<F>::start(View&& view, std::size_t chunksize, std::size_t auto_cap,
+                                    JobArgs&&... job_args) {
   using V = std::remove_cvref_t<View>;
+  const std::size_t n = view.size_hint();
   auto j = std::make_shared<detail::input_job<Job, V, Arg>>(std::forward<View>(view),
                                                             std::forward<JobArgs>(job_args)...);
   j->runner = reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, S>);
-  j->chunksize = chunksize;
+  j->guided = chunksize == 0;
+  j->total = n;
+  j->chunksize = chunksize ? chunksize : auto_chunksize<Arg>(n, auto_cap);
   j->chunk_bytes = eng_->queue_capacity() / 2;
   eng_->submit(j);
   return j;
@@ -900,9 +908,8 @@ auto Pool<F>::collect(Range&& inputs, map_options options) {
   using R = detail::stored_t<detail::call_result_t<F, Arg, S>>;
   auto view = detail::hold(std::forward<Range>(inputs));
   const std::size_t n = view.size_hint();
-  const std::size_t chunk =
-      options.chunksize ? options.chunksize : auto_chunksize<Arg>(n, std::size_t{1} << 20);
-  auto j = start<detail::collect_job<R>, S, decltype(view), Arg>(std::move(view), chunk, n);
+  auto j = start<detail::collect_job<R>, S, decltype(view), Arg>(
+      std::move(view), options.chunksize, std::size_t{1} << 20, n);
   return j;
 }
 
@@ -962,7 +969,7 @@ auto Pool<F>::stream(Range&& inputs, map_options options) {
   const std::size_t chunk = options.chunksize ? options.chunksize : auto_chunksize<Arg>(n, 256);
   const std::size_t window = std::max<std::size_t>(4 * size() * chunk, 64);
   auto j = start<detail::stream_job<R, Ordered>, detail::call_style::unary, decltype(view), Arg>(
-      std::move(view), chunk, window);
+      std::move(view), options.chunksize, 256, window);
   return imap_range<R, Ordered>(eng_, std::move(j));
 }
 

@@ -31,6 +31,7 @@
 #include "buffer.hpp"
 #include "posix.hpp"
 #include "ring.hpp"
+#include "scheduler.hpp"
 
 namespace procpool::detail {
 
@@ -44,6 +45,7 @@ enum class frame_kind : std::uint32_t {
   results = 3,      // worker -> parent: result_header, values, errors
   init_failed = 4,  // worker -> parent: the initializer threw (two strings)
   bye = 5,          // worker -> parent: exiting after stop
+  skipped = 6,      // worker -> parent: a task the parent took back (its seq), not run
 };
 
 struct frame_header {
@@ -56,6 +58,7 @@ struct task_header {
   std::uint64_t runner;  // address of the typed runner, valid in the forked worker
   std::uint64_t seq;     // chunk sequence number, echoed in the results
   std::uint64_t count;   // items in the chunk
+  std::uint64_t claim;   // its word on the worker's claim_board (scheduler.hpp)
 };
 
 struct result_header {
@@ -137,6 +140,7 @@ struct alignas(64) express_cell {
   std::uint32_t arg_size = 0;
   std::uint32_t res_size = 0;
   std::int32_t caller_cpu = -1;  // the worker yields to a caller waiting on its CPU
+  std::int64_t posted_ns = 0;    // when it was claimed, for the scheduler's stealing
   char arg[express_arg_bytes];
   char res[express_res_bytes];
 };
@@ -150,6 +154,8 @@ struct alignas(64) slot_shared {
   std::atomic<std::uint64_t> running_item{0};
   std::atomic<std::int64_t> running_since{0};
   std::atomic<std::uint32_t> ready{0};  // set after the initializer returned
+  // Who runs each queued task: the worker, or the parent took it back.
+  alignas(64) claim_board claims;
   // The express lane: when the worker last looked for work (0: it sleeps), on which CPU.
   alignas(64) std::atomic<std::int64_t> poll_ns{0};
   std::atomic<std::int32_t> poll_cpu{-1};
@@ -454,6 +460,14 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     }
     reader r(body, size);
     const auto th = r.read_value<task_header>();
+    if (!ch.slot()->claims.take(static_cast<unsigned>(th.claim % claim_board::slots), th.seq)) {
+      // The parent gave this task to another worker: say it was passed over.
+      if (in_place) ch.release(size);
+      out.clear();
+      out.append_value(th.seq);
+      ch.send_frame(frame_kind::skipped, out);
+      continue;
+    }
     // The answer is encoded straight into the result ring when the ring has
     // room for a fair part of it in one piece (then it is published at once,
     // with no copy); past that room it moves to memory of its own and is
@@ -523,6 +537,9 @@ class job {
   std::size_t chunksize = 1;
   std::size_t chunk_bytes = 0;  // a chunk stops growing past this many bytes (0: 1 GiB)
   std::size_t outstanding = 0;  // items handed out and not yet finished
+  bool guided = false;          // chunksize is a cap: chunks shrink as the input drains
+  std::uint64_t total = 0;      // input items, when known (0: unknown)
+  std::uint64_t handed = 0;     // input items handed out so far
   bool aborted = false;
   /// True when every item has a result or an error.
   bool complete() const { return aborted || (input_done() && outstanding == 0); }
@@ -539,6 +556,9 @@ struct chunk {
   std::int64_t sent_ns = 0;  // when it was handed to a worker
   unsigned attempts = 0;     // runs of a blamed item (pool_options::retries)
   unsigned orphaned = 0;     // deaths of its worker while no item of it ran
+  unsigned claim = 0;        // its word on the worker's claim_board
+  bool revoked = false;      // taken back and given to another worker: a placeholder
+                             // until its worker says it skipped it (no owner, no items)
   std::uint32_t stride = 0;            // every item's size, or 0: see offsets
   byte_buffer msg;                     // frame_header, task_header, items
   std::vector<std::uint32_t> offsets;  // when stride == 0: item starts, n + 1 entries
@@ -647,6 +667,7 @@ class engine {
     std::size_t budget = 0;    // items it may still be given
     std::int64_t last_result_ns = 0;
     std::int64_t last_chunk_ns = -1;  // how long its last chunk took; -1: none yet
+    unsigned next_claim = 0;          // claim word for its next chunk
     bool stop_queued = false;
     bool stop_sent = false;
     bool timed_out = false;
@@ -674,6 +695,11 @@ class engine {
   chunk take_answered(worker& w);
   bool place_wrapped(worker& w, const byte_ring::pieces& sp);
   bool dispatch();
+  bool fill(worker& w);
+  bool rebalance();
+  bool is_idle(const worker& w) const;
+  worker_load load_of(const worker& w) const;
+  bool take_back(worker& w);
   bool next_chunk(worker& w, chunk& c);
   void flush(worker& w);
   bool check_workers();  // true if it killed or reaped a worker
@@ -744,6 +770,7 @@ class engine {
   std::vector<byte_buffer> spare_msgs_;  // answered chunks' buffers, for the next chunks
   std::uint64_t next_seq_ = 1;
   std::int64_t next_check_ = 0;
+  std::int64_t steal_retry_at_ = std::numeric_limits<std::int64_t>::max();  // see rebalance()
   std::int64_t last_progress_ns_ = 0;  // when a pump round last moved anything
   state state_ = state::running;
   std::exception_ptr broken_;  // set when the initializer failed
@@ -809,6 +836,8 @@ inline void engine::spawn_worker(worker& w) {
                                        : std::numeric_limits<std::size_t>::max();
   w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = false;
   w.last_chunk_ns = -1;
+  w.next_claim = 0;
+  s->claims.reset();
   w.dying = false;
   w.last_result_ns = 0;
   w.got = 0;
@@ -925,16 +954,20 @@ inline bool engine::express_claim(express_ticket& t) noexcept {
     for (int pass = 0; pass < 2; ++pass) {
       for (std::uint32_t i = 0; i < workers_.size(); ++i) {
         slot_shared* s = slot(i);
-        const std::int64_t polled = s->poll_ns.load(std::memory_order_relaxed);
+        std::int64_t polled = s->poll_ns.load(std::memory_order_relaxed);
         if (polled == 0 || now - polled > (pass == 0 ? express_fresh_ns : express_fresh_here_ns) ||
             (s->poll_cpu.load(std::memory_order_relaxed) == me) != (pass == 1))
           continue;
+        // One call per polling worker: the next caller finds it busy and picks
+        // another worker or the queues, instead of piling up behind this call.
+        if (!s->poll_ns.compare_exchange_strong(polled, 0, std::memory_order_relaxed)) continue;
         for (std::uint32_t k = 0; k < express_cells; ++k) {
           std::uint32_t st = cell_free;
           if (s->cells[k].state.compare_exchange_strong(st, cell_claimed,
                                                         std::memory_order_acquire)) {
             t = {i, k, pass == 1};
             s->cells[k].caller_cpu = pass == 1 ? me : -1;
+            s->cells[k].posted_ns = now;
             return true;
           }
         }
@@ -1177,7 +1210,7 @@ inline bool engine::pump() {
 
 inline void engine::fill_watch(watch_set& ws) {
   ws.last_progress_ns = last_progress_ns_;
-  ws.next_check = next_check_;
+  ws.next_check = std::min(next_check_, steal_retry_at_);
   ws.n = 0;
   ws.more.clear();
   for (auto& w : workers_) {
@@ -1394,6 +1427,19 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
           " in worker " + std::to_string(w.pid) + "; fix it and create a new Pool")));
       break;
     }
+    case frame_kind::skipped: {
+      // The answer to a chunk taken back (take_back): its placeholder goes.
+      std::uint64_t seq = 0;
+      if (size == sizeof seq) std::memcpy(&seq, body, sizeof seq);
+      if (w.sent == 0 || !w.inflight.front().revoked || w.inflight.front().seq != seq) {
+        send_signal(w.pid, SIGKILL);  // not what we took back: the stream is corrupt
+        w.corrupt = true;
+        break;
+      }
+      w.inflight.pop_front();
+      --w.sent;
+      break;
+    }
     case frame_kind::bye: {
       if (w.dying) break;  // already reaped: on_death is draining what it left
       // The worker exits right after saying so: reap it now.
@@ -1437,7 +1483,9 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     c.msg.grow(chunk::items_at);
     std::size_t n = 0;
     try {
-      n = j.next_items(c.msg, c.offsets, c.stride, std::min(limit, j.chunksize), c.base);
+      const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
+      const std::size_t max = chunk_items(j.chunksize, j.guided, left, workers_.size());
+      n = j.next_items(c.msg, c.offsets, c.stride, std::min(limit, max), c.base);
     } catch (...) {
       // Reading or encoding this job's input failed (its iterator or a
       // serialize() threw): that job fails, not whichever caller is driving.
@@ -1454,6 +1502,7 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     c.owner = *it;
     c.attempts = 0;
     j.outstanding += n;
+    j.handed += n;
     return true;
   }
   return false;
@@ -1464,58 +1513,166 @@ inline bool engine::dispatch() {
     for (auto& w : workers_) flush(w);  // stop frames still go out (join)
     return false;
   }
-  bool progress = false;
   // Workers in order, each queued up to its depth: a stream of tiny tasks stays
   // with the first worker, which keeps spinning for the next one, while the
   // rest sleep (on 2 cores, spreading tiny tasks puts three spinners on two
-  // CPUs and is ~20x slower); longer tasks spread as their depth shrinks.
-  for (auto& w : workers_) {
-    if (w.pid == 0 || w.stop_queued) continue;
-    // How far ahead to queue, from how long its last chunk took: quick chunks
-    // need several queued to hide the parent's wake-up latency; long ones get
-    // one, so a worker that finishes early is not left idle while another
-    // still has a queued task.
-    // A chunk still running counts with the time it has taken so far.
-    const std::int64_t now = monotonic_ns();
-    std::int64_t took = w.inflight.empty()
-                            ? w.last_chunk_ns
-                            : std::max(w.last_chunk_ns, now - w.inflight.front().sent_ns);
-    // So does an express call it runs (the queues do not see those): a long
-    // one keeps queued work off this worker while another may be free.
-    const std::int64_t express_since = express_started(w);
-    if (express_since) took = std::max(took, now - express_since);
-    const std::size_t express_busy = express_since ? 1 : 0;
-    const std::size_t depth = took < 0           ? 1
-                              : took < 500'000   ? 8
-                              : took < 5'000'000 ? 2
-                                                 : 1;
-    // Big chunks are held back too: a new chunk is queued only while those a
-    // worker has (sent, running or waiting) take under two rings' worth; more
-    // would only wait in the parent's memory (encoded, and kept for a retry).
-    std::size_t queued_bytes = 0;
-    for (const chunk& q : w.inflight) queued_bytes += q.msg.size();
-    while (w.inflight.size() + express_busy < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
-      chunk c;
-      if (!next_chunk(w, c)) {
-        recycle(std::move(c.msg));  // a spare it took for nothing
-        break;
-      }
-      c.seq = next_seq_++;
-      c.sent_ns = monotonic_ns();
-      const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
-                            c.msg.size() - sizeof(frame_header)};
-      const task_header th{c.owner->runner, c.seq, c.count()};
-      std::memcpy(c.msg.data(), &fh, sizeof fh);
-      std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
-      w.budget -= c.count();
-      queued_bytes += c.msg.size();
-      w.inflight.push_back(std::move(c));
-      progress = true;
-    }
-    if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
-  }
+  // CPUs). Then a worker left with nothing takes over what another has queued
+  // and not started (see scheduler.hpp).
+  bool progress = false;
+  for (auto& w : workers_) progress |= fill(w);
+  progress |= rebalance();
   for (auto& w : workers_) flush(w);
   return progress;
+}
+
+/// Queues chunks to @p w up to its depth (scheduler.hpp: queue_depth).
+inline bool engine::fill(worker& w) {
+  if (w.pid == 0 || w.stop_queued) return false;
+  // The depth follows how long its last chunk took. A chunk or express call
+  // running now counts with the time it has taken so far, once that says
+  // "not quick" or the worker has a history: a chunk sent a moment ago to a
+  // fresh worker says nothing yet.
+  const std::int64_t now = monotonic_ns();
+  std::int64_t took = w.last_chunk_ns;
+  const auto running_for = [&](std::int64_t ran) {
+    if (took >= 0 || ran >= quick_chunk_ns) took = std::max(took, ran);
+  };
+  if (!w.inflight.empty()) running_for(now - w.inflight.front().sent_ns);
+  // The queues do not see express calls: a long one keeps queued work off
+  // this worker while another may be free.
+  const std::int64_t express_since = express_started(w);
+  if (express_since) running_for(now - express_since);
+  const std::size_t express_busy = express_since ? 1 : 0;
+  const std::size_t depth = queue_depth(took);
+  // Big chunks are held back too: a new chunk is queued only while those a
+  // worker has (sent, running or waiting) take under two rings' worth; more
+  // would only wait in the parent's memory (encoded, and kept for a retry).
+  std::size_t queued_bytes = 0;
+  for (const chunk& q : w.inflight) queued_bytes += q.msg.size();
+  bool progress = false;
+  while (w.inflight.size() + express_busy < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
+    chunk c;
+    if (!next_chunk(w, c)) {
+      recycle(std::move(c.msg));  // a spare it took for nothing
+      break;
+    }
+    c.seq = next_seq_++;
+    c.sent_ns = monotonic_ns();
+    c.claim = w.next_claim++ % claim_board::slots;
+    c.revoked = false;
+    slot(w.slot)->claims.post(c.claim, c.seq);
+    const frame_header fh{frame_magic, static_cast<std::uint32_t>(frame_kind::task),
+                          c.msg.size() - sizeof(frame_header)};
+    const task_header th{c.owner->runner, c.seq, c.count(), c.claim};
+    std::memcpy(c.msg.data(), &fh, sizeof fh);
+    std::memcpy(c.msg.data() + sizeof fh, &th, sizeof th);
+    w.budget -= c.count();
+    queued_bytes += c.msg.size();
+    w.inflight.push_back(std::move(c));
+    progress = true;
+  }
+  if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
+  return progress;
+}
+
+/// True when @p w could run something now and has nothing: no chunk queued or
+/// running, no express call posted or running.
+inline bool engine::is_idle(const worker& w) const {
+  if (w.pid == 0 || w.corrupt || w.dying || w.stop_queued || w.budget == 0) return false;
+  if (!w.inflight.empty() || express_started(w)) return false;
+  const slot_shared* s = slot(w.slot);
+  for (const express_cell& c : s->cells)
+    if ((c.state.load(std::memory_order_acquire) & ~cell_dropped) == cell_posted) return false;
+  return true;
+}
+
+/// What @p w has queued and not started (express calls posted to it included).
+inline worker_load engine::load_of(const worker& w) const {
+  worker_load l;
+  l.idle = is_idle(w);
+  if (w.pid == 0 || w.corrupt || w.dying) return l;
+  const slot_shared* s = slot(w.slot);
+  const auto add = [&l](std::int64_t sent) {
+    l.oldest_sent_ns = l.unstarted ? std::min(l.oldest_sent_ns, sent) : sent;
+    ++l.unstarted;
+  };
+  for (const chunk& c : w.inflight)
+    if (!c.revoked && !s->claims.is_started(c.claim, c.seq)) add(c.sent_ns);
+  for (const express_cell& c : s->cells)
+    if ((c.state.load(std::memory_order_acquire) & ~cell_dropped) == cell_posted)
+      add(c.posted_ns);
+  return l;
+}
+
+/// Gives each idle worker a chunk (or express call) that another worker holds
+/// and has not started (scheduler.hpp: pick_donor). A move that must wait sets
+/// steal_retry_at_, when the driver looks again.
+inline bool engine::rebalance() {
+  steal_retry_at_ = std::numeric_limits<std::int64_t>::max();
+  if (workers_.size() < 2) return false;
+  bool progress = false;
+  std::vector<worker_load> loads;
+  for (auto& idle : workers_) {
+    if (!is_idle(idle)) continue;
+    if (loads.empty()) {
+      loads.reserve(workers_.size());
+      for (const auto& w : workers_) loads.push_back(load_of(w));
+    }
+    const int d = pick_donor(loads, monotonic_ns(), steal_retry_at_);
+    if (d < 0) break;  // nothing may move now, to any idle worker
+    worker& donor = workers_[static_cast<std::size_t>(d)];
+    if (!take_back(donor)) {
+      loads[static_cast<std::size_t>(d)] = load_of(donor);  // it started them meanwhile
+      continue;
+    }
+    progress = true;
+    fill(idle);  // takes it: next_chunk serves requeued_ (and cell jobs) first
+    loads[static_cast<std::size_t>(d)] = load_of(donor);
+    loads[idle.slot] = load_of(idle);
+  }
+  return progress;
+}
+
+/// Takes back the first express call or chunk that @p w holds and has not
+/// started, for another worker: a cell goes through the queues (cell_job), a
+/// chunk to the front of requeued_. False when there was none to take.
+inline bool engine::take_back(worker& w) {
+  slot_shared* s = slot(w.slot);
+  for (std::uint32_t k = 0; k < express_cells; ++k) {
+    express_cell& c = s->cells[k];
+    std::uint32_t st = c.state.load(std::memory_order_acquire);
+    while ((st & ~cell_dropped) == cell_posted) {
+      if (c.state.compare_exchange_weak(st, cell_requeued | (st & cell_dropped),
+                                        std::memory_order_acq_rel)) {
+        jobs_.push_front(std::make_shared<cell_job>(*this, express_ticket{
+                                                              static_cast<std::uint32_t>(w.slot), k}));
+        return true;
+      }
+    }
+  }
+  for (std::size_t i = 0; i < w.inflight.size(); ++i) {
+    chunk& c = w.inflight[i];
+    if (c.revoked) continue;
+    const bool unwritten = i > w.sent || (i == w.sent && w.send_off == 0);
+    if (i == w.sent && !unwritten) continue;  // partly written: it goes out whole
+    if (!unwritten && !s->claims.revoke(c.claim, c.seq)) continue;  // started
+    chunk moved = std::move(c);
+    if (w.budget != std::numeric_limits<std::size_t>::max()) w.budget += moved.count();
+    if (unwritten) {
+      w.inflight.erase(w.inflight.begin() + static_cast<std::ptrdiff_t>(i));
+    } else {
+      // The worker will read it and say it skipped it; until then its place
+      // in the answer order is held.
+      c = chunk();
+      c.seq = moved.seq;
+      c.claim = moved.claim;
+      c.sent_ns = moved.sent_ns;
+      c.revoked = true;
+    }
+    requeued_.push_front(std::move(moved));
+    return true;
+  }
+  return false;
 }
 
 inline void engine::flush(worker& w) {
@@ -1604,6 +1761,7 @@ inline void engine::on_death(worker& w, int exitcode) {
   w.inflight.clear();
   for (auto it = mine.rbegin(); it != mine.rend(); ++it) {
     chunk& c = *it;
+    if (c.revoked) continue;  // its items went to another worker
     const bool blamed = c.seq == blamed_seq && blamed_seq != 0 && blamed_item < c.count();
     // Counted only when the worker died running nothing: chunks queued behind
     // a blamed item are bystanders.
@@ -1675,7 +1833,8 @@ inline void engine::break_pool(std::exception_ptr e) {
   express_open_.store(false);
   for (auto& j : jobs_) j->abort(e);
   for (auto& w : workers_)
-    for (auto& c : w.inflight) c.owner->abort(e);
+    for (auto& c : w.inflight)
+      if (c.owner) c.owner->abort(e);
   for (auto& c : requeued_) c.owner->abort(e);
   jobs_.clear();
   requeued_.clear();
@@ -1741,7 +1900,8 @@ inline void engine::terminate() noexcept {
       pool_terminated("procpool::Pool: the pool was terminated before this item finished"));
   for (auto& j : jobs_) j->abort(e);
   for (auto& w : workers_)
-    for (auto& c : w.inflight) c.owner->abort(e);
+    for (auto& c : w.inflight)
+      if (c.owner) c.owner->abort(e);
   for (auto& c : requeued_) c.owner->abort(e);
   jobs_.clear();
   requeued_.clear();
