@@ -209,7 +209,7 @@ TEST_CASE("codec: vectors at unaligned offsets, empty and not", "[codec]") {
   CHECK(round_trip(U{'z', U"\u00e9t\u00e9"}) == U{'z', U"\u00e9t\u00e9"});
 }
 
-// From 32 MiB up, decode asks for huge pages for the memory it decodes into
+// From 4 MiB up, decode asks for huge pages for the memory it decodes into
 // (advise_huge_pages): odd sizes, so that the advised range is a part of it.
 TEST_CASE("codec: vectors and strings of tens of MiB, aligned and not", "[codec]") {
   std::vector<std::uint64_t> v((std::size_t{33} << 17) + 3);

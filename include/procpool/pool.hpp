@@ -342,7 +342,11 @@ template <class R>
 class collect_job : public result_job<R> {
  public:
   /// @p expected: the number of items when known, to size the results once.
-  explicit collect_job(std::size_t expected = 0) { values_.reserve(expected); }
+  explicit collect_job(std::size_t expected = 0) {
+    values_.reserve(expected);
+    if constexpr (!std::is_same_v<slot_type, bool>)  // written as results come
+      advise_huge_pages(values_.data(), expected * sizeof(slot_type));
+  }
 
   using slot_type = std::conditional_t<std::default_initializable<R>, R, std::optional<R>>;
 

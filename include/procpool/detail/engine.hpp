@@ -140,7 +140,9 @@ struct alignas(64) express_cell {
   std::uint32_t arg_size = 0;
   std::uint32_t res_size = 0;
   std::int32_t caller_cpu = -1;  // the worker yields to a caller waiting on its CPU
-  std::int64_t posted_ns = 0;    // when it was claimed, for the scheduler's stealing
+  // When it was claimed, for the scheduler's stealing; the parent may read it
+  // while a new caller claims the cell.
+  std::atomic<std::int64_t> posted_ns{0};
   char arg[express_arg_bytes];
   char res[express_res_bytes];
 };
@@ -967,7 +969,7 @@ inline bool engine::express_claim(express_ticket& t) noexcept {
                                                         std::memory_order_acquire)) {
             t = {i, k, pass == 1};
             s->cells[k].caller_cpu = pass == 1 ? me : -1;
-            s->cells[k].posted_ns = now;
+            s->cells[k].posted_ns.store(now, std::memory_order_relaxed);
             return true;
           }
         }
@@ -1600,7 +1602,7 @@ inline worker_load engine::load_of(const worker& w) const {
     if (!c.revoked && !s->claims.is_started(c.claim, c.seq)) add(c.sent_ns);
   for (const express_cell& c : s->cells)
     if ((c.state.load(std::memory_order_acquire) & ~cell_dropped) == cell_posted)
-      add(c.posted_ns);
+      add(c.posted_ns.load(std::memory_order_relaxed));
   return l;
 }
 
