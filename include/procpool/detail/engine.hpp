@@ -773,6 +773,7 @@ class engine {
   std::uint64_t next_seq_ = 1;
   std::int64_t next_check_ = 0;
   std::int64_t steal_retry_at_ = std::numeric_limits<std::int64_t>::max();  // see rebalance()
+  std::vector<worker_load> loads_;  // rebalance()'s view of the workers, kept for its memory
   std::int64_t last_progress_ns_ = 0;  // when a pump round last moved anything
   state state_ = state::running;
   std::exception_ptr broken_;  // set when the initializer failed
@@ -1613,13 +1614,12 @@ inline bool engine::rebalance() {
   steal_retry_at_ = std::numeric_limits<std::int64_t>::max();
   if (workers_.size() < 2) return false;
   bool progress = false;
-  std::vector<worker_load> loads;
+  std::vector<worker_load>& loads = loads_;
+  loads.clear();
   for (auto& idle : workers_) {
     if (!is_idle(idle)) continue;
-    if (loads.empty()) {
-      loads.reserve(workers_.size());
+    if (loads.empty())
       for (const auto& w : workers_) loads.push_back(load_of(w));
-    }
     const int d = pick_donor(loads, monotonic_ns(), steal_retry_at_);
     if (d < 0) break;  // nothing may move now, to any idle worker
     worker& donor = workers_[static_cast<std::size_t>(d)];
