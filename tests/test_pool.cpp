@@ -328,6 +328,20 @@ TEST_CASE("pool: a million items come back in input order", "[pool]") {
   CHECK(out2 == out);
 }
 
+// The queues start at 256 KiB of their 1 MiB and grow for the first message
+// that needs more, in each direction, once the queue is empty.
+TEST_CASE("pool: small items, then big ones both ways, then small again", "[pool]") {
+  procpool::Pool pool([](const std::string& s) { return s + s; }, 2);
+  std::vector<std::string> small(1000, "ab");
+  for (const auto& r : pool.map(small)) REQUIRE(r == "abab");
+  std::vector<std::string> big;
+  for (int i = 0; i < 6; ++i) big.emplace_back((std::size_t{3} << 19) + i, static_cast<char>('a' + i));
+  const auto doubled = pool.map(big);
+  REQUIRE(doubled.size() == big.size());
+  for (std::size_t i = 0; i < big.size(); ++i) CHECK(doubled[i] == big[i] + big[i]);
+  for (const auto& r : pool.map(small)) REQUIRE(r == "abab");
+}
+
 /// The VmFlags of the mapping holding @p p, from /proc/self/smaps ("" if none).
 std::string vm_flags_at(const void* p) {
   const auto a = reinterpret_cast<std::uintptr_t>(p);

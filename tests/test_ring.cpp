@@ -119,6 +119,52 @@ TEST_CASE("ring: bytes written in place are unseen until committed, and stop at 
   CHECK(at == r.data.data());
 }
 
+TEST_CASE("ring: starts small, and grows only when empty, for a message over half of it",
+          "[ring]") {
+  namespace pd = procpool::detail;
+  constexpr std::size_t cap = 4 * pd::initial_ring_bytes;
+  ring_pair r(cap);
+  constexpr char untouched = '\x5a';
+  std::fill(r.data.begin(), r.data.end(), untouched);
+  r.producer.start_small();
+  REQUIRE(r.producer.capacity() == pd::initial_ring_bytes);
+  REQUIRE(r.consumer.capacity() == pd::initial_ring_bytes);
+  // A stream of small messages, through positions far past the capacity,
+  // stays in the first part of the memory.
+  const auto msg = bytes(1000, 1);
+  std::vector<char> out(msg.size());
+  for (int i = 0; i < 5000; ++i) {
+    r.producer.grow_for(msg.size());
+    REQUIRE(r.producer.write_some(msg.data(), msg.size()) == msg.size());
+    REQUIRE(r.consumer.read_some(out.data(), out.size()) == out.size());
+    REQUIRE(out == msg);
+  }
+  CHECK(r.producer.capacity() == pd::initial_ring_bytes);
+  CHECK(std::all_of(r.data.begin() + pd::initial_ring_bytes, r.data.end(),
+                    [](char c) { return c == untouched; }));
+  // A big message while bytes are unread: no growth yet (the reader maps
+  // positions with the size it has), the message streams through in pieces.
+  const auto big = bytes(3 * pd::initial_ring_bytes / 4, 7);
+  REQUIRE(r.producer.write_some(msg.data(), 10) == 10);
+  r.producer.grow_for(big.size());
+  CHECK(r.producer.capacity() == pd::initial_ring_bytes);
+  REQUIRE(r.consumer.read_some(out.data(), 10) == 10);
+  // Empty now: it grows, and the big message goes in whole and reads back.
+  r.producer.grow_for(big.size());
+  REQUIRE(r.producer.capacity() == cap);
+  REQUIRE(r.consumer.capacity() == cap);
+  REQUIRE(r.producer.write_some(big.data(), big.size()) == big.size());
+  std::vector<char> back(big.size());
+  REQUIRE(r.consumer.read_some(back.data(), back.size()) == back.size());
+  CHECK(back == big);
+  // A ring whose capacity is the initial size or less never changes.
+  ring_pair small(pd::initial_ring_bytes / 2);
+  small.producer.start_small();
+  CHECK(small.producer.capacity() == pd::initial_ring_bytes / 2);
+  small.producer.grow_for(pd::initial_ring_bytes);
+  CHECK(small.producer.capacity() == pd::initial_ring_bytes / 2);
+}
+
 TEST_CASE("byte_buffer: a borrowed buffer writes in place, and moves out when it outgrows it",
           "[ring]") {
   std::vector<char> room(64, 'z');

@@ -326,9 +326,14 @@ class worker_channel {
   }
   /// Where the next message of the result ring goes, and in @p n how many
   /// bytes fit there in one piece; commit_results(n) publishes what was put there.
-  char* result_space(std::size_t& n) const noexcept { return results_.write_space(n); }
+  /// The ring grows first if the last message would not fit it twice.
+  char* result_space(std::size_t& n) noexcept {
+    results_.grow_for(last_message_);
+    return results_.write_space(n);
+  }
   void commit_results(std::size_t n) noexcept {
     results_.commit(n);
+    last_message_ = n;
     pool_->parent_ev.notify();  // data arrived
   }
   void write_all(const char* p, std::size_t n) {
@@ -345,6 +350,8 @@ class worker_channel {
   }
   void send_frame(frame_kind kind, const byte_buffer& body) {
     const frame_header h{frame_magic, static_cast<std::uint32_t>(kind), body.size()};
+    last_message_ = sizeof h + body.size();
+    results_.grow_for(last_message_);
     write_all(reinterpret_cast<const char*>(&h), sizeof h);
     write_all(body.data(), body.size());
   }
@@ -394,6 +401,7 @@ class worker_channel {
   byte_ring tasks_;
   byte_ring results_;
   pid_t parent_;
+  std::size_t last_message_ = 0;  // bytes of the last message sent
   void* fn_ = nullptr;  // set once the worker is ready for express cells
   std::uint32_t cells_seen_ = 0;  // slot_->cells_posted when the cells were last looked at
 };
@@ -833,6 +841,8 @@ inline void engine::spawn_worker(worker& w) {
   new (&s->worker_ev) event();  // a worker killed asleep left its waiter count
   w.tasks = byte_ring(&s->tasks, task_data(w.slot), cap_);
   w.results = byte_ring(&s->results, result_data(w.slot), cap_);
+  w.tasks.start_small();
+  w.results.start_small();
   w.inflight.clear();
   w.sent = w.send_off = 0;
   w.budget = opts_.max_tasks_per_child ? opts_.max_tasks_per_child
@@ -1682,6 +1692,7 @@ inline void engine::flush(worker& w) {
   bool wrote = false;
   while (w.sent < w.inflight.size()) {
     const byte_buffer& m = w.inflight[w.sent].msg;
+    if (w.send_off == 0) w.tasks.grow_for(m.size());
     const std::size_t n = w.tasks.write_some(m.data() + w.send_off, m.size() - w.send_off);
     wrote |= n > 0;
     w.send_off += n;

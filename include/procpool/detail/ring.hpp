@@ -61,9 +61,19 @@ struct alignas(64) event {
   }
 };
 
+/// A ring starts this small (when its capacity is larger) and grows to its
+/// capacity for the first message that needs more: a stream of small messages
+/// then touches a quarter of a default ring's pages, each a page fault (in each
+/// process) on first use.
+inline constexpr std::size_t initial_ring_bytes = std::size_t{256} << 10;
+
 /// The shared half of a ring: positions count bytes ever written and read.
 struct ring_control {
   alignas(64) std::atomic<std::uint64_t> head{0};  // written by the producer
+  // Bytes in use, a power of two up to the capacity (0: all of it). Changed
+  // by the producer only while the ring is empty; the consumer reads it after
+  // it sees head move, so both map positions to offsets alike.
+  std::atomic<std::uint64_t> size{0};
   alignas(64) std::atomic<std::uint64_t> tail{0};  // written by the consumer
 };
 
@@ -76,11 +86,31 @@ class byte_ring {
  public:
   byte_ring() = default;
   byte_ring(ring_control* c, char* data, std::size_t capacity) noexcept
-      : c_(c), data_(data), mask_(capacity - 1) {}
+      : c_(c), data_(data), max_(capacity) {}
 
-  std::size_t capacity() const noexcept { return mask_ + 1; }
+  /// Bytes in use now (see ring_control::size).
+  std::size_t capacity() const noexcept {
+    const std::uint64_t n = c_->size.load(std::memory_order_relaxed);
+    return n ? static_cast<std::size_t>(n) : max_;
+  }
+  /// Bytes it can grow to.
+  std::size_t max_capacity() const noexcept { return max_; }
+  /// Starts small again (see initial_ring_bytes). Only when it is empty and
+  /// the other side is dead or not yet started.
+  void start_small() noexcept {
+    c_->size.store(max_ > initial_ring_bytes ? initial_ring_bytes : 0, std::memory_order_relaxed);
+  }
 
   // ---- producer side
+  /// Grows to the full capacity before a message of @p bytes that would take
+  /// more than half of the ring in use (it could not be written while the
+  /// one before is read), if the ring is empty now; else a later call does.
+  void grow_for(std::size_t bytes) noexcept {
+    if (bytes <= capacity() / 2 || capacity() == max_) return;
+    if (c_->tail.load(std::memory_order_acquire) == c_->head.load(std::memory_order_relaxed))
+      c_->size.store(0, std::memory_order_relaxed);  // published with the next head
+  }
+
   /// Bytes that can be written now.
   std::size_t writable() const noexcept {
     const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
@@ -92,11 +122,12 @@ class byte_ring {
     n = n < free ? n : free;
     // Published a quarter ring at a time, so the reader copies out one piece
     // while the next is copied in.
-    const std::size_t piece = capacity() / 4;
+    const std::size_t cap = capacity();
+    const std::size_t piece = cap / 4;
     std::uint64_t head = c_->head.load(std::memory_order_relaxed);
     for (std::size_t done = 0; done < n;) {
       const std::size_t k = n - done < piece ? n - done : piece;
-      copy_in(static_cast<std::size_t>(head) & mask_, p + done, k);
+      copy_in(cap, static_cast<std::size_t>(head) & (cap - 1), p + done, k);
       head += k;
       done += k;
       c_->head.store(head, std::memory_order_release);
@@ -107,9 +138,10 @@ class byte_ring {
   /// Where the next bytes go, and in @p n how many fit there in one piece;
   /// they count once published with commit().
   char* write_space(std::size_t& n) const noexcept {
-    const std::size_t at = static_cast<std::size_t>(c_->head.load(std::memory_order_relaxed)) & mask_;
+    const std::size_t cap = capacity();
+    const std::size_t at = static_cast<std::size_t>(c_->head.load(std::memory_order_relaxed)) & (cap - 1);
     const std::size_t free = writable();
-    n = free < capacity() - at ? free : capacity() - at;
+    n = free < cap - at ? free : cap - at;
     return data_ + at;
   }
   /// Publishes @p n bytes written at write_space() (n <= what it said).
@@ -145,8 +177,9 @@ class byte_ring {
   };
   /// The next @p n readable bytes (n <= readable()), not consumed.
   pieces spans(std::size_t n) const noexcept {
-    const std::size_t at = static_cast<std::size_t>(c_->tail.load(std::memory_order_relaxed)) & mask_;
-    const std::size_t first = n < capacity() - at ? n : capacity() - at;
+    const std::size_t cap = capacity();
+    const std::size_t at = static_cast<std::size_t>(c_->tail.load(std::memory_order_relaxed)) & (cap - 1);
+    const std::size_t first = n < cap - at ? n : cap - at;
     return {data_ + at, first, data_, n - first};
   }
   /// Consumes @p n readable bytes (n <= readable()) left where they were.
@@ -158,11 +191,12 @@ class byte_ring {
     const std::size_t avail = readable();
     n = n < avail ? n : avail;
     // Freed a quarter ring at a time, so the writer refills behind us.
-    const std::size_t piece = capacity() / 4;
+    const std::size_t cap = capacity();  // after readable(): see ring_control::size
+    const std::size_t piece = cap / 4;
     std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
     for (std::size_t done = 0; done < n;) {
       const std::size_t k = n - done < piece ? n - done : piece;
-      copy_out(static_cast<std::size_t>(tail) & mask_, p + done, k);
+      copy_out(cap, static_cast<std::size_t>(tail) & (cap - 1), p + done, k);
       tail += k;
       done += k;
       c_->tail.store(tail, std::memory_order_release);
@@ -177,20 +211,20 @@ class byte_ring {
   }
 
  private:
-  void copy_in(std::size_t at, const char* p, std::size_t n) noexcept {
-    const std::size_t first = n < capacity() - at ? n : capacity() - at;
+  void copy_in(std::size_t cap, std::size_t at, const char* p, std::size_t n) noexcept {
+    const std::size_t first = n < cap - at ? n : cap - at;
     std::memcpy(data_ + at, p, first);
     if (n > first) std::memcpy(data_, p + first, n - first);
   }
-  void copy_out(std::size_t at, char* p, std::size_t n) const noexcept {
-    const std::size_t first = n < capacity() - at ? n : capacity() - at;
+  void copy_out(std::size_t cap, std::size_t at, char* p, std::size_t n) const noexcept {
+    const std::size_t first = n < cap - at ? n : cap - at;
     std::memcpy(p, data_ + at, first);
     if (n > first) std::memcpy(p + first, data_, n - first);
   }
 
   ring_control* c_ = nullptr;
   char* data_ = nullptr;
-  std::size_t mask_ = 0;
+  std::size_t max_ = 0;
 };
 
 }  // namespace procpool::detail
