@@ -3,9 +3,10 @@
 #pragma once
 
 // The untyped core of Pool: shared memory layout, wire format, the worker loop
-// (run in the children) and the scheduler (run in the parent by whichever thread
-// waits on the pool). Pool<F> in pool.hpp adds the types through jobs and runner
-// function pointers; a runner's address is the same in the workers, which are forks.
+// (run in the children) and the engine (run in the parent by whichever thread
+// waits on the pool), which carries out the scheduling policy of scheduler.hpp.
+// Pool<F> in pool.hpp adds the types through jobs and runner function pointers;
+// a runner's address is the same in the workers, which are forks.
 
 #include <algorithm>
 #include <condition_variable>
@@ -513,7 +514,7 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
 
 // ---------------------------------------------------------------- the parent side
 
-/// A map/imap/apply call as the scheduler sees it. Typed subclasses in pool.hpp
+/// A map/imap/apply call as the engine sees it. Typed subclasses in pool.hpp
 /// encode inputs and decode results; all calls happen under the engine's lock.
 class job {
  public:
@@ -601,7 +602,8 @@ inline std::size_t round_up_pow2(std::size_t n) {
   return p;
 }
 
-/// The scheduler. Owns the shared memory, the workers and the queue of jobs.
+/// The engine. Owns the shared memory, the workers and the queue of jobs, and
+/// hands work out as scheduler.hpp says.
 /// No thread of its own: whichever caller waits on a result drives it (one at
 /// a time, the others wait on a condition variable). A caller that arrives
 /// while the driver waits for an event takes over from it, and the driver
