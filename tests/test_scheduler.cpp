@@ -107,6 +107,13 @@ TEST_CASE("scheduler policy: guided chunks shrink to one item as the input drain
   }
   CHECK(last == 1);
   CHECK(chunks > 8);  // finer than Python's 8 chunks of 5
+  // Not finer than what runs min_chunk_ns: quick items keep whole chunks.
+  CHECK(pd::min_chunk_items(-1, 0) == 1);
+  CHECK(pd::min_chunk_items(20'000'000, 5) == 1);              // 4 ms an item
+  CHECK(pd::min_chunk_items(800'000, 10) == 2);                // 80 us an item
+  CHECK(pd::min_chunk_items(24'000, 8192) == 68266);           // 3 ns an item
+  CHECK(pd::chunk_items(8192, true, 1000, 2, 68266) == 8192);  // the cap still holds
+  CHECK(pd::chunk_items(5, true, 4, 2, 2) == 2);
 }
 
 TEST_CASE("scheduler policy: an idle worker takes from the busiest, once the chunk has waited") {

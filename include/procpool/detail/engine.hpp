@@ -679,6 +679,7 @@ class engine {
     std::size_t budget = 0;    // items it may still be given
     std::int64_t last_result_ns = 0;
     std::int64_t last_chunk_ns = -1;  // how long its last chunk took; -1: none yet
+    std::uint64_t last_chunk_items = 0;  // and how many items it had
     unsigned next_claim = 0;          // claim word for its next chunk
     bool stop_queued = false;
     bool stop_sent = false;
@@ -851,6 +852,7 @@ inline void engine::spawn_worker(worker& w) {
                                        : std::numeric_limits<std::size_t>::max();
   w.stop_queued = w.stop_sent = w.timed_out = w.corrupt = w.have_header = false;
   w.last_chunk_ns = -1;
+  w.last_chunk_items = 0;
   w.next_claim = 0;
   s->claims.reset();
   w.dying = false;
@@ -1347,6 +1349,7 @@ inline chunk engine::take_answered(worker& w) {
   --w.sent;
   const std::int64_t now = monotonic_ns();
   w.last_chunk_ns = now - std::max(c.sent_ns, w.last_result_ns);
+  w.last_chunk_items = c.count();
   w.last_result_ns = now;
   return c;
 }
@@ -1499,7 +1502,8 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     std::size_t n = 0;
     try {
       const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
-      const std::size_t max = chunk_items(j.chunksize, j.guided, left, workers_.size());
+      const std::size_t max = chunk_items(j.chunksize, j.guided, left, workers_.size(),
+                                          min_chunk_items(w.last_chunk_ns, w.last_chunk_items));
       n = j.next_items(c.msg, c.offsets, c.stride, std::min(limit, max), c.base);
     } catch (...) {
       // Reading or encoding this job's input failed (its iterator or a

@@ -30,6 +30,10 @@ inline constexpr std::int64_t steal_after_ns = 200'000;
 inline constexpr std::int64_t quick_chunk_ns = 500'000;
 /// A guided chunk is at most 1/(guided_divisor * workers) of what is left.
 inline constexpr std::size_t guided_divisor = 2;
+/// ... and not smaller than what runs this long, judged from the worker's last
+/// chunk: a tail of quick items ends together anyway, and cutting it finer
+/// only adds messages.
+inline constexpr std::int64_t min_chunk_ns = 200'000;
 
 /// How many chunks to keep queued to a worker whose last chunk took
 /// @p took_ns (-1: it has run none yet, so nothing is known).
@@ -40,14 +44,24 @@ inline std::size_t queue_depth(std::int64_t took_ns) noexcept {
   return 1;  // long: a worker that finishes early takes the next one itself
 }
 
+/// The fewest items a guided chunk for a worker gets, whose last chunk of
+/// @p items items took @p took_ns (1 when it has run none).
+inline std::size_t min_chunk_items(std::int64_t took_ns, std::uint64_t items) noexcept {
+  if (took_ns <= 0 || items == 0) return 1;
+  const double per_item = static_cast<double>(took_ns) / static_cast<double>(items);
+  const double n = static_cast<double>(min_chunk_ns) / per_item;
+  return n < 1 ? 1 : n > 1e9 ? std::size_t{1'000'000'000} : static_cast<std::size_t>(n);
+}
+
 /// Items in the next chunk of a call that has @p remaining items left to hand
-/// out (0: unknown), on @p workers workers, with chunks of at most @p cap.
-/// @p guided is false when the caller chose the chunk size: it is kept.
+/// out (0: unknown), on @p workers workers, with chunks of at most @p cap and,
+/// shrinking, of at least @p least. @p guided is false when the caller chose
+/// the chunk size: it is kept.
 inline std::size_t chunk_items(std::size_t cap, bool guided, std::uint64_t remaining,
-                               std::size_t workers) noexcept {
+                               std::size_t workers, std::size_t least = 1) noexcept {
   if (!guided || remaining == 0) return cap;
   const std::uint64_t per = guided_divisor * std::max<std::size_t>(workers, 1);
-  const std::uint64_t g = (remaining + per - 1) / per;
+  const std::uint64_t g = std::max<std::uint64_t>((remaining + per - 1) / per, least);
   return static_cast<std::size_t>(std::clamp<std::uint64_t>(g, 1, cap));
 }
 
