@@ -21,7 +21,7 @@ set key off
 
 set multiplot layout 2,3 title "procpool vs peers — ".stamp font ",13"
 
-set title "(a) map over 1,000,000 ints  [items/s, log, higher is better]"
+set title "(a) map over 1,000,000 ints, cold and warm  [items/s, log, higher is better]"
 set logscale y
 set format y "%.0e"
 set yrange [1e5:1e11]  # headroom above the bars for the key
@@ -29,7 +29,7 @@ set key top left Left reverse samplen 1 font ",9"
 plot for [i=2:6] dir."/a.dat" using i:xtic(1) title T[i-1] lc rgb C[i-1]
 set key off
 
-set title "(b) apply_async(x).get() round trip  [us, log, lower is better]"
+set title "(b) apply_async(x).get() round trip, warm  [us, log, lower is better]"
 set yrange [*:*]
 set format y "%g"
 plot for [i=2:6] dir."/b.dat" using i:xtic(1) lc rgb C[i-1]
@@ -43,16 +43,18 @@ unset label 1
 set yrange [*:*]
 unset arrow 1
 
-set title "(d) CPU-bound, 2 workers  [speedup over serial; dashed: 2x]"
+set title "(d) CPU-bound, 2 workers, cold and warm  [speedup over serial; dashed: 2x]"
 unset logscale y
 set format y "%.1f"
 set yrange [0:2.4]
 set arrow 2 from graph 0, first 2 to graph 1, first 2 nohead dt 2 lw 1 lc rgb "black"
+set xtics font ",8"  # six clusters
 plot for [i=2:6] dir."/d.dat" using i:xtic(1) lc rgb C[i-1]
+set xtics font ""
 unset arrow 2
 set yrange [*:*]
 
-set title "(e) pool start + stop, 2 workers  [ms, log, lower is better]"
+set title "(e) pool start + stop; (b) cold: + one apply  [ms, log, lower is better]"
 set logscale y
 set format y "%g"
 plot for [i=2:6] dir."/e.dat" using i:xtic(1) lc rgb C[i-1]

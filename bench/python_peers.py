@@ -5,19 +5,27 @@ method, on the same work as bench.cpp.
 
     python3 python_peers.py SECTION [--workers N]
 
-SECTION is one of a, b, c, d (also does f), e. Output: CSV on stdout, one
-measurement a line: workload,peer,value,unit; lines starting with '#' are
-information. Standard library only.
+SECTION is one of a, b, c, d (also does f), e. Sections a to d measure each
+workload twice, by the same rule as bench.cpp:
+  cold: what a new user runs: `with CTX.Pool(2) as p: p.map(f, xs)` (or the
+        ProcessPoolExecutor's with block) with default options, timed from the
+        pool's construction to the end of the with block; the median of a few
+        samples, each in a child process forked for it;
+  warm: one pool kept across calls; the best of N calls.
+Output: CSV on stdout, one measurement a line: workload,peer,value,unit; lines
+starting with '#' are information. Standard library only.
 """
 import argparse
 import collections
 import concurrent.futures as cf
 import math
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import threading
 import time
+import traceback
 
 CTX = mp.get_context("fork")  # what Linux used by default up to Python 3.13
 MiB = 1 << 20
@@ -61,6 +69,48 @@ def check(ok, what):
         sys.exit(f"python_peers: wrong result in {what}")
 
 
+# Samples of a cold figure: more for the short workloads, which vary more.
+COLD_SHORT, COLD_LONG = 5, 3
+
+
+def cold_once(what, run, ok):
+    """Wall time of one cold run, in a child forked for it, as in bench.cpp:
+    run() builds its pool, makes one call and leaves the with block, all of it
+    timed, and returns the call's result, which ok() checks untimed."""
+    sys.stdout.flush()  # the child must not write this process's buffered output
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            os.close(rfd)
+            t0 = time.perf_counter()
+            r = run()
+            t = time.perf_counter() - t0
+            if ok(r):
+                os.write(wfd, repr(t).encode())
+                code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    _, st = os.waitpid(pid, 0)
+    check(st == 0 and data, what + " (cold)")
+    return float(data)
+
+
+def cold_median(workload, peer, samples, run, ok):
+    """Median of samples cold runs (see cold_once)."""
+    return statistics.median(cold_once(f"{workload}/{peer}", run, ok) for _ in range(samples))
+
+
+def note_cold(workload, samples):
+    print(f"#cold_samples,{workload},{samples}")
+
+
 def python_chunksize(n, workers):
     """multiprocessing.Pool.map's default: len / (4 * workers), rounded up."""
     return max(1, -(-n // (4 * workers)))
@@ -89,12 +139,26 @@ def section_a():
     n = 1_000_000
     xs = list(range(n))
     ok = lambda r: len(r) == n and r[12345] == 12345 * 12345 and r[-1] == (n - 1) ** 2
+    cs = python_chunksize(n, WORKERS)  # ex.map's default of 1 would take minutes
+
+    def pool_cold():
+        with CTX.Pool(WORKERS) as p:
+            return p.map(square, xs)
+
+    def ppe_cold():
+        with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
+            return list(ex.map(square, xs, chunksize=cs))
+
+    cold = "a.map_ints.cold"
+    note_cold(cold, COLD_SHORT)
+    for peer, run in (("mp_pool", pool_cold), ("ppe", ppe_cold)):
+        emit(cold, peer, n / cold_median(cold, peer, COLD_SHORT, run, ok), "items/s")
+
     with CTX.Pool(WORKERS) as p:
         t, r = best_timed(10, lambda: p.map(square, xs))
         check(ok(r), "a/mp_pool")
         emit("a.map_ints", "mp_pool", n / t, "items/s")
     with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
-        cs = python_chunksize(n, WORKERS)  # ex.map's default of 1 would take minutes
         t, r = best_timed(10, lambda: list(ex.map(square, xs, chunksize=cs)))
         check(ok(r), "a/ppe")
         emit("a.map_ints", "ppe", n / t, "items/s")
@@ -161,6 +225,20 @@ def emit_latency(mode, peer, res):
 
 def section_b():
     n_idle, n_sleep, n_busy, max_s = 5000, 1000, 3000, 2.0
+
+    def pool_cold():
+        with CTX.Pool(WORKERS) as p:
+            return p.apply_async(square, (7,)).get()
+
+    def ppe_cold():
+        with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
+            return ex.submit(square, 7).result()
+
+    cold = "b.cold"
+    note_cold(cold, COLD_SHORT)
+    for peer, run in (("mp_pool", pool_cold), ("ppe", ppe_cold)):
+        emit(cold, peer, 1e3 * cold_median(cold, peer, COLD_SHORT, run, lambda y: y == 49), "ms")
+
     with CTX.Pool(WORKERS) as p:
         def once(x):
             check(p.apply_async(square, (x,)).get() == x * x, "b/mp_pool")
@@ -188,8 +266,24 @@ def section_c():
     count = 256
     total = count * MiB
     bufs = [bytes([i]) * MiB for i in range(count)]  # 256 distinct objects
-    big = b"\x01" * (256 * MiB)
     ok = lambda r: len(r) == count and r[0] == MiB and r[-1] == MiB
+    cs = python_chunksize(count, WORKERS)
+
+    def pool_cold():
+        with CTX.Pool(WORKERS) as p:
+            return p.map(length, bufs)
+
+    def ppe_cold():
+        with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
+            return list(ex.map(length, bufs, chunksize=cs))
+
+    # Cold before the 256 MiB buffer exists, as in bench.cpp.
+    cold = "c.map_1MiB.cold"
+    note_cold(cold, COLD_SHORT)
+    for peer, run in (("mp_pool", pool_cold), ("ppe", ppe_cold)):
+        emit(cold, peer, total / cold_median(cold, peer, COLD_SHORT, run, ok) / 1e6, "MB/s")
+
+    big = b"\x01" * (256 * MiB)
     with CTX.Pool(WORKERS) as p:
         t, r = best_timed(5, lambda: p.map(length, bufs))
         check(ok(r), "c/mp_pool map")
@@ -198,7 +292,6 @@ def section_c():
         check(got == len(big), "c/mp_pool apply")
         emit("c.apply_256MiB", "mp_pool", len(big) / t / 1e6, "MB/s")
     with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
-        cs = python_chunksize(count, WORKERS)
         t, r = best_timed(5, lambda: list(ex.map(length, bufs, chunksize=cs)))
         check(ok(r), "c/ppe map")
         emit("c.map_1MiB", "ppe", total / t / 1e6, "MB/s")
@@ -209,69 +302,111 @@ def section_c():
 
 # ------------------------------------------------------------------ (d), (f)
 def calibrate():
-    """Iterations of burn() that take 25 ms in this interpreter."""
+    """Iterations of burn() that take 20 ms in this interpreter."""
     iters, best = 20000, None
     for _ in range(5):
         t0 = time.perf_counter()
         burn(iters)
         t = (time.perf_counter() - t0) / iters
         best = t if best is None else min(best, t)
-    return int(0.025 / best)
+    return int(0.020 / best)
 
 
-def tasks_equal(i25):
-    return [i25] * 40
+def tasks_equal(i20):
+    return [i20] * 40
 
 
-def tasks_skewed(i25):
+def tasks_skewed(i20):
     h = sum(1.0 / r for r in range(1, 41))
-    return [int(i25 * 40.0 / (h * ((17 * p) % 40 + 1))) for p in range(40)]
+    return [int(i20 * 40.0 / (h * ((17 * p) % 40 + 1))) for p in range(40)]
+
+
+def tasks_short(i20):
+    return [i20 // 250] * 10000
+
+
+def serial(tasks):
+    """The serial loop, into a fresh list."""
+    return [burn(t) for t in tasks]
+
+
+# One map of the tasks on each peer's pool, default options (Pool.map's own
+# chunksize; the executor is given the same rule).
+def map_pool(p, tasks):
+    return p.map(burn, tasks)
+
+
+def map_ppe(ex, workers, tasks):
+    return list(ex.map(burn, tasks, chunksize=python_chunksize(len(tasks), workers)))
 
 
 def section_d():
-    i25 = calibrate()
-    print(f"#info,py_iters25,{i25}")
-    eq, sk = tasks_equal(i25), tasks_skewed(i25)
-    res = {}
+    i20 = calibrate()
+    print(f"#info,py_iters20,{i20}")
+    print(f"#info,py_iters80us,{i20 // 250}")
+    wls = [("d.equal", tasks_equal(i20)), ("d.skew", tasks_skewed(i20)),
+           ("d.short", tasks_short(i20))]
+    expect, s_warm = {}, {}
+    # The serial loop's warm figure first: it gives the results the others are
+    # checked against, and runs no pool.
+    for key, tasks in wls:
+        def run():
+            expect[key] = serial(tasks)
 
-    def serial(name, tasks):
-        res[name] = [burn(t) for t in tasks]
+        s_warm[key] = best_time(2, run, warm=False)
+        emit(f"{key}.time", "py_serial", s_warm[key], "s")
 
-    s_eq = best_time(2, lambda: serial("eq", eq), warm=False)
-    s_sk = best_time(2, lambda: serial("sk", sk), warm=False)
-    eq_r, sk_r = res["eq"], res["sk"]
-    emit("d.equal.time", "py_serial", s_eq, "s")
-    emit("d.skew.time", "py_serial", s_sk, "s")
+    # Cold: a fresh pool with default options, one map, construct to the end of the with block.
+    for key, tasks in wls:
+        cold = f"{key}.cold"
+        note_cold(cold, COLD_LONG)
+        ok = lambda r, key=key: r == expect[key]
+        s = cold_median(cold, "py_serial", COLD_LONG, lambda: serial(tasks), ok)
+        emit(f"{cold}.time", "py_serial", s, "s")
 
-    def run_pool(tasks, expect, workers, reps):
+        def pool_cold():
+            with CTX.Pool(WORKERS) as p:
+                return map_pool(p, tasks)
+
+        def ppe_cold():
+            with cf.ProcessPoolExecutor(WORKERS, mp_context=CTX) as ex:
+                return map_ppe(ex, WORKERS, tasks)
+
+        for peer, run in (("mp_pool", pool_cold), ("ppe", ppe_cold)):
+            t = cold_median(cold, peer, COLD_LONG, run, ok)
+            emit(f"{cold}.time", peer, t, "s")
+            emit(cold, peer, s / t, "x serial")
+
+    # Warm: one pool, the best of reps maps.
+    def run_pool(tasks, want, workers, reps):
         with CTX.Pool(workers) as p:
             p.map(square, range(workers))  # workers up
 
             def run():
-                check(p.map(burn, tasks, chunksize=1) == expect, "d/mp_pool")
+                check(map_pool(p, tasks) == want, "d/mp_pool")
 
             return best_time(reps, run, warm=False)
 
-    def run_ppe(tasks, expect, workers, reps):
+    def run_ppe(tasks, want, workers, reps):
         with cf.ProcessPoolExecutor(workers, mp_context=CTX) as ex:
             list(ex.map(square, range(workers)))
 
             def run():
-                check(list(ex.map(burn, tasks, chunksize=1)) == expect, "d/ppe")
+                check(map_ppe(ex, workers, tasks) == want, "d/ppe")
 
             return best_time(reps, run, warm=False)
 
     peers = [("mp_pool", run_pool), ("ppe", run_ppe)]
-    for name, run in peers:
-        t_eq = run(eq, eq_r, WORKERS, 2)
-        t_sk = run(sk, sk_r, WORKERS, 2)
-        emit("d.equal.time", name, t_eq, "s")
-        emit("d.equal", name, s_eq / t_eq, "x serial")
-        emit("d.skew.time", name, t_sk, "s")
-        emit("d.skew", name, s_sk / t_sk, "x serial")
+    for key, tasks in wls:
+        for name, run in peers:
+            t = run(tasks, expect[key], WORKERS, 2)
+            emit(f"{key}.time", name, t, "s")
+            emit(key, name, s_warm[key] / t, "x serial")
+    # (f) scaling of the equal workload, 1 to 2 x cores workers, warm.
+    eq = wls[0][1]
     for w in range(1, 2 * (mp.cpu_count() or 1) + 1):
         for name, run in peers:
-            emit(f"f.w{w}", name, s_eq / run(eq, eq_r, w, 1), "x serial")
+            emit(f"f.w{w}", name, s_warm["d.equal"] / run(eq, expect["d.equal"], w, 1), "x serial")
 
 
 # ------------------------------------------------------------------ (e)

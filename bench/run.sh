@@ -8,7 +8,11 @@
 # Peers: Python's multiprocessing.Pool and concurrent.futures.ProcessPoolExecutor
 # (python_peers.py), a std::thread pool baseline (thread_pool.hpp) and a
 # boost::interprocess::message_queue process pool (mq_pool.hpp), both in
-# procpool_bench (bench.cpp). About 2 minutes on 2 cores, plus the build.
+# procpool_bench (bench.cpp), which also runs the serial loop; the C++ peers
+# call the same work functions (work.cpp). Each workload is measured cold (a
+# fresh pool with default options, one call, construction to destruction:
+# what a new user runs) and warm (one pool, best of several calls). About
+# 4 minutes on 2 cores, plus the build.
 #
 # Environment:
 #   PROCPOOL_BENCH_BUILD   build directory (default: <repo>/build-bench)
@@ -92,7 +96,7 @@ fi
 
 other_total=0; elapsed_total=0
 declare -A other_pct; order=()
-budget=${PROCPOOL_BENCH_BUDGET:-420}  # seconds after which no section is retried
+budget=${PROCPOOL_BENCH_BUDGET:-180}  # seconds after which no section is retried
 # run_section NAME CMD...: runs CMD (which prints CSV) and appends its output to
 # the results. CPU time used by processes outside this run is measured during
 # the section; above 15% of the machine the section is run again (at most
@@ -125,11 +129,11 @@ run_section() {
 }
 
 # ------------------------------------------------------------------ 4. run
-iters25=$("$bench" calibrate)
-say "calibrated: 25 ms = $iters25 iterations of burn()"
+iters20=$("$bench" calibrate)
+say "calibrated: 20 ms = $iters20 iterations of burn()"
 for s in e a b c d; do
   say "section ($s): procpool, std::thread pool, Boost message_queue pool"
-  run_section "$s/C++" "$bench" "$s" --workers 2 --iters25 "$iters25"
+  run_section "$s/C++" "$bench" "$s" --workers 2 --iters20 "$iters20"
   say "section ($s): Python multiprocessing.Pool, ProcessPoolExecutor"
   run_section "$s/Python" "$python" "$here/python_peers.py" "$s" --workers 2
 done
