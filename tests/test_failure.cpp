@@ -789,6 +789,30 @@ TEST_CASE("task_timeout kills a worker whose item runs too long", "[failure][tim
   CHECK(pool.pids() != before);
 }
 
+// The limit is kept in nanoseconds: converted unchecked, 18,446,744,073,710 ms
+// (~584.5 years, just past 2^64 ns) became 0.45 ms and every item timed out.
+TEST_CASE("task_timeout: a huge limit means none, a negative one is a usage_error",
+          "[failure][timeout]") {
+  watchdog wd(30s);
+  auto f = [](int i) {
+    sleep_for_ms(10);
+    return i;
+  };
+  const auto in = iota_vec(0, 10);
+  for (const auto limit :
+       {std::chrono::milliseconds::max(), std::chrono::milliseconds(18'446'744'073'710)}) {
+    INFO("task_timeout = " << limit.count() << " ms");
+    procpool::Pool pool(f, procpool::pool_options{.processes = 2, .task_timeout = limit});
+    CHECK(pool.map(in) == in);
+  }
+  try {
+    procpool::Pool pool(f, procpool::pool_options{.processes = 1, .task_timeout = -5ms});
+    FAIL("no usage_error");
+  } catch (const procpool::usage_error& e) {
+    CHECK(contains(e.what(), "task_timeout is negative (-5 ms)"));
+  }
+}
+
 TEST_CASE("task_timeout is per item, not per chunk", "[failure][timeout]") {
   watchdog wd(30s);
   // 10 items of 60 ms in one chunk: 600 ms per chunk, but each item is well

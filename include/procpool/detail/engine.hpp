@@ -771,6 +771,7 @@ class engine {
   void throw_if_unusable() const;
 
   pool_options opts_;
+  std::int64_t timeout_ns_ = 0;  // opts_.task_timeout, saturated; 0: none
   void* fn_;
   std::size_t cap_;
   boost::interprocess::mapped_region region_;
@@ -811,6 +812,15 @@ inline engine::engine(const pool_options& opts, void* fn)
   if (opts_.queue_bytes > (std::size_t{1} << 30))
     throw usage_error("procpool::Pool: queue_bytes above 1 GiB; messages of any size stream "
                       "through smaller queues");
+  if (opts_.task_timeout.count() < 0)
+    throw usage_error("procpool::Pool: task_timeout is negative (" +
+                      std::to_string(opts_.task_timeout.count()) +
+                      " ms); use a positive limit, or 0 for none");
+  // In nanoseconds, saturated: a limit past ~292 years means "none in practice".
+  constexpr auto ns_per_ms = std::int64_t{1'000'000};
+  timeout_ns_ = opts_.task_timeout.count() > std::numeric_limits<std::int64_t>::max() / ns_per_ms
+                    ? std::numeric_limits<std::int64_t>::max()
+                    : opts_.task_timeout.count() * ns_per_ms;
   const std::size_t header = sizeof(pool_shared) + n * sizeof(slot_shared);
   const std::size_t data_at = (header + 4095) / 4096 * 4096;
   // Anonymous and mapped before fork: inherited by every worker, never named in /dev/shm.
@@ -1718,8 +1728,7 @@ inline void engine::flush(worker& w) {
 inline bool engine::check_workers() {
   bool changed = false;
   const std::int64_t now = monotonic_ns();
-  const std::int64_t limit =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.task_timeout).count();
+  const std::int64_t limit = timeout_ns_;
   for (auto& w : workers_) {
     if (w.pid == 0) continue;
     if (limit > 0 && !w.timed_out) {
