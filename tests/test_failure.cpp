@@ -1869,6 +1869,42 @@ auto held_express_call(Pool& pool, hold_flag& hold)
 }  // namespace
 
 
+// Callers on three threads while a worker is killed every 2 ms: each call
+// gets its answer or worker_lost, and the pool goes on. (A replacement's wake
+// event is reset while another thread may post to it and notify it.)
+TEST_CASE("express lane: calls from three threads while workers are killed and replaced",
+          "[failure][express]") {
+  watchdog wd(60s);
+  if (!express_test::have_two_cpus()) return;
+  procpool::Pool pool([](int x) { return x + 1; }, 2);
+  std::atomic<bool> stop{false};
+  std::atomic<long> answered{0}, lost{0}, wrong{0};
+  // Several callers: a respawn runs in whichever one drives, while the others post.
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t)
+    callers.emplace_back([&] {
+      for (int i = 0; !stop.load(); ++i) {
+        try {
+          if (pool.apply_async(i).get() == i + 1) ++answered;
+          else ++wrong;
+        } catch (const procpool::worker_lost&) {
+          ++lost;  // the call ran in a worker killed under it
+        }
+      }
+    });
+  for (int k = 0; k < 200; ++k) {
+    const auto pids = pool.pids();
+    if (!pids.empty()) ::kill(pids[static_cast<std::size_t>(k) % pids.size()], SIGKILL);
+    sleep_for_ms(2);
+  }
+  stop = true;
+  for (auto& c : callers) c.join();
+  INFO("answered " << answered << ", lost " << lost);
+  CHECK(wrong == 0);
+  CHECK(answered > 0);
+  CHECK(pool.map(iota_vec(0, 4)) == std::vector<int>{1, 2, 3, 4});
+}
+
 TEST_CASE("express lane: a worker that dies running the call fails it with worker_lost",
           "[failure][express]") {
   if (!express_test::have_two_cpus()) return;

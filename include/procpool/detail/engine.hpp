@@ -851,7 +851,10 @@ inline void engine::spawn_worker(worker& w) {
   s->running_seq = 0;
   s->ready = 0;
   s->poll_ns = 0;  // the express lane waits for the new worker to poll
-  new (&s->worker_ev) event();  // a worker killed asleep left its waiter count
+  // A worker killed asleep left its waiter count. Reset with a store, not by
+  // constructing the event again: a caller posting an express call may
+  // notify it right now, without the lock.
+  s->worker_ev.waiters.store(0, std::memory_order_relaxed);
   w.tasks = byte_ring(&s->tasks, task_data(w.slot), cap_);
   w.results = byte_ring(&s->results, result_data(w.slot), cap_);
   w.tasks.start_small();
