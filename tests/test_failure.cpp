@@ -789,6 +789,30 @@ TEST_CASE("task_timeout kills a worker whose item runs too long", "[failure][tim
   CHECK(pool.pids() != before);
 }
 
+// join() used to wait for an imap window that waited for its reader. As in
+// Python, join() runs everything submitted and the results stay readable.
+TEST_CASE("close() and join() return with imap ranges not fully read; their results stay",
+          "[failure][join]") {
+  watchdog wd(30s);
+  procpool::Pool pool([](int x) { return 2 * x; }, 2);
+  const auto in = iota_vec(0, 2000);
+  auto ordered = pool.imap(in, {.chunksize = 1});  // a window of 64 items
+  auto unordered = pool.imap_unordered(in, {.chunksize = 1});
+  auto it = ordered.begin();
+  for (int i = 0; i < 3; ++i, ++it) REQUIRE(*it == 2 * i);
+  pool.close();
+  pool.join();
+  std::vector<int> rest;
+  for (; it != ordered.end(); ++it) rest.push_back(*it);
+  REQUIRE(rest.size() == in.size() - 3);
+  for (std::size_t i = 0; i < rest.size(); ++i) REQUIRE(rest[i] == 2 * static_cast<int>(i + 3));
+  std::vector<int> all;
+  for (int v : unordered) all.push_back(v);
+  std::sort(all.begin(), all.end());
+  REQUIRE(all.size() == in.size());
+  for (std::size_t i = 0; i < all.size(); ++i) REQUIRE(all[i] == 2 * static_cast<int>(i));
+}
+
 // The limit is kept in nanoseconds: converted unchecked, 18,446,744,073,710 ms
 // (~584.5 years, just past 2^64 ns) became 0.45 ms and every item timed out.
 TEST_CASE("task_timeout: a huge limit means none, a negative one is a usage_error",

@@ -475,6 +475,8 @@ class stream_job : public result_job<R> {
   }
   /// The reader went away: stop handing out input.
   void cancel() { this->aborted = true; }
+  /// join(): every item runs; results wait for the reader however many.
+  void lift_window() override { window_ = std::numeric_limits<std::size_t>::max(); }
 
  protected:
   void store(std::uint64_t index, R&& value) override { put(index, outcome<R>(std::move(value))); }

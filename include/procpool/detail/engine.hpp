@@ -543,6 +543,9 @@ class job {
   virtual void fail(std::uint64_t index, std::exception_ptr e) = 0;
   /// The pool can no longer run anything: every unfinished item fails with @p e.
   virtual void abort(std::exception_ptr e) = 0;
+  /// join() was called: hand out all of the input, whether or not the results
+  /// are read yet (imap's window would wait for its reader, and join for it).
+  virtual void lift_window() {}
 
   std::uint64_t runner = 0;
   std::size_t chunksize = 1;
@@ -1891,6 +1894,7 @@ inline void engine::join() {
     if (state_ == state::running)
       throw usage_error("procpool::Pool::join: call close() or terminate() first");
     if (state_ != state::closed) return;
+    for (auto& j : jobs_) j->lift_window();
   }
   // Finish everything submitted, then stop the workers and reap them.
   run_until([this] {
