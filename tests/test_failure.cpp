@@ -789,6 +789,27 @@ TEST_CASE("task_timeout kills a worker whose item runs too long", "[failure][tim
   CHECK(pool.pids() != before);
 }
 
+int slow_plus_one(int x) {
+  sleep_for_ms(300);
+  return x + 1;
+}
+int plus_two(int x) { return x + 2; }
+
+// The defaulted move assignment dropped the old pool without terminating it:
+// a pending result kept its engine running, and a replacement worker forked
+// later called the freed function (ASan: heap-use-after-free in run_chunk).
+TEST_CASE("move-assigning a Pool terminates the old pool, as destroying it does",
+          "[failure][lifetime]") {
+  watchdog wd(30s);
+  procpool::Pool<int (*)(int)> pool(slow_plus_one, 2);
+  auto pending = pool.apply_async(1);
+  const auto old_pids = pool.pids();
+  pool = procpool::Pool<int (*)(int)>(plus_two, 2);
+  CHECK_THROWS_AS(pending.get(), procpool::pool_terminated);
+  for (pid_t p : old_pids) CHECK(::kill(p, 0) == -1);  // killed and reaped
+  CHECK(pool.map(iota_vec(0, 3)) == std::vector<int>{2, 3, 4});
+}
+
 // join() used to wait for an imap window that waited for its reader. As in
 // Python, join() runs everything submitted and the results stay readable.
 TEST_CASE("close() and join() return with imap ranges not fully read; their results stay",

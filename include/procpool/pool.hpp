@@ -742,7 +742,17 @@ class Pool {
         eng_(std::make_shared<detail::engine>(options, static_cast<void*>(fn_.get()))) {}
 
   Pool(Pool&&) noexcept = default;
-  Pool& operator=(Pool&&) noexcept = default;
+  /// Terminates this pool first, as destroying it does, then takes @p o's.
+  Pool& operator=(Pool&& o) noexcept {
+    if (this != &o) {
+      // Before the function is freed: a result still pending on the old
+      // engine keeps it alive, and it must never fork a worker again.
+      if (eng_) eng_->terminate();
+      eng_ = std::move(o.eng_);
+      fn_ = std::move(o.fn_);
+    }
+    return *this;
+  }
   ~Pool() {
     if (eng_) eng_->terminate();
   }
