@@ -1787,6 +1787,56 @@ TEST_CASE("procpool::exit(n) in a task ends its worker; that item fails, the res
   CHECK(pool.map(std::vector<int>{1, 2}) == std::vector<int>{2, 4});
 }
 
+namespace {
+
+/// An argument whose load() calls procpool::exit(7) for one value (a string
+/// member: not trivially copyable, so it crosses through cereal and load()).
+struct exits_on_load {
+  int v = 0;
+  std::string s = "x";
+  template <class Ar>
+  void save(Ar& ar) const {
+    ar(v, s);
+  }
+  template <class Ar>
+  void load(Ar& ar) {
+    ar(v, s);
+    if (v == 5) procpool::exit(7);
+  }
+};
+
+}  // namespace
+
+// Decoding caught everything, so procpool::exit(n) there became a task_error
+// naming procpool::detail::exit_request, and the worker went on.
+TEST_CASE("procpool::exit(n) in an argument's load() ends its worker like in a task",
+          "[failure][exit]") {
+  watchdog wd(60s);
+  procpool::Pool pool([](const exits_on_load& a) { return a.v * 2; }, 2);
+  std::vector<exits_on_load> in(10);
+  for (int i = 0; i < 10; ++i) in[static_cast<std::size_t>(i)].v = i;
+  const auto before = pool.pids();
+  const auto out = pool.try_map(in, {.chunksize = 1});
+  REQUIRE(out.size() == 10);
+  for (int i = 0; i < 10; ++i) {
+    INFO("item " << i);
+    if (i != 5) {
+      CHECK(out[static_cast<std::size_t>(i)].value() == i * 2);
+      continue;
+    }
+    REQUIRE_FALSE(out[5].ok());
+    try {
+      std::rethrow_exception(out[5].error());
+    } catch (const procpool::worker_lost& e) {
+      CHECK(e.exitcode() == 7);
+      CHECK(e.index() == 5);
+    } catch (const std::exception& e) {
+      FAIL("not worker_lost: " << e.what());
+    }
+  }
+  CHECK(pool.pids() != before);  // that worker ended and was replaced
+}
+
 TEST_CASE("close() and join() finish on a pool whose initializer failed in one worker",
           "[failure][lifecycle]") {
   watchdog wd(30s);

@@ -181,6 +181,8 @@ void run_chunk(void* fp, task_context& t) {
       std::optional<Arg> arg;
       try {
         arg.emplace(decode<Arg>(t.items));
+      } catch (const exit_request&) {
+        throw;  // procpool::exit(n) in a load(): as in a task
       } catch (...) {
         // The rest of the chunk cannot be found without this item's length.
         for (; i < t.count; ++i) t.fail_current(i);
