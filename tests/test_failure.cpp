@@ -789,6 +789,30 @@ TEST_CASE("task_timeout kills a worker whose item runs too long", "[failure][tim
   CHECK(pool.pids() != before);
 }
 
+// terminate() and a broken pool abort every job still listed, and a job that
+// has completed can still be (its last answer read while reaping a worker,
+// after that round handed work out); it keeps its results.
+TEST_CASE("a call that had finished keeps its result when the pool is terminated after",
+          "[failure][lifetime]") {
+  watchdog wd(60s);
+  auto f = [](const std::string& s) { return s + "!"; };  // not express-eligible
+  int failed = 0;
+  for (int i = 0; i < 150; ++i) {
+    procpool::Pool pool(f, 2);
+    auto one = pool.apply_async(std::string("a"));
+    auto all = pool.map_async(std::vector<std::string>{"b", "c"});
+    one.wait();
+    all.wait();
+    pool.terminate();
+    try {
+      if (one.get() != "a!" || all.get() != std::vector<std::string>{"b!", "c!"}) ++failed;
+    } catch (const procpool::pool_terminated&) {
+      ++failed;
+    }
+  }
+  CHECK(failed == 0);
+}
+
 int slow_plus_one(int x) {
   sleep_for_ms(300);
   return x + 1;

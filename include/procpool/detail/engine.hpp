@@ -1865,7 +1865,8 @@ inline void engine::requeue(const chunk& c, std::uint64_t from, std::uint64_t to
 inline void engine::break_pool(std::exception_ptr e) {
   broken_ = e;
   express_open_.store(false);
-  for (auto& j : jobs_) j->abort(e);
+  for (auto& j : jobs_)
+    if (!j->complete()) j->abort(e);  // a finished call's results are its caller's
   for (auto& w : workers_)
     for (auto& c : w.inflight)
       if (c.owner) c.owner->abort(e);
@@ -1933,7 +1934,8 @@ inline void engine::terminate() noexcept {
   }
   auto e = std::make_exception_ptr(
       pool_terminated("procpool::Pool: the pool was terminated before this item finished"));
-  for (auto& j : jobs_) j->abort(e);
+  for (auto& j : jobs_)
+    if (!j->complete()) j->abort(e);  // a finished call's results are its caller's
   for (auto& w : workers_)
     for (auto& c : w.inflight)
       if (c.owner) c.owner->abort(e);
