@@ -813,6 +813,89 @@ TEST_CASE("a call that had finished keeps its result when the pool is terminated
   CHECK(failed == 0);
 }
 
+int times_ten(int x) { return x * 10; }
+
+// A pool works only in the process that built it. A Process child calling
+// the parent's pool drove the parent's workers (the parent's next map got the
+// child's answers), and a forked copy destroyed in a child (as exit() destroys
+// a static pool) killed the parent's workers.
+TEST_CASE("a pool used from another process: usage_error there, the builder's pool untouched",
+          "[failure][fork]") {
+  watchdog wd(30s);
+  procpool::Pool<int (*)(int)> pool(times_ten, 2);
+  const auto pids = pool.pids();
+  procpool::Process child([&pool] {
+    try {
+      auto r = pool.map_async(std::vector<int>{7, 7, 7, 7, 7, 7, 7, 7});
+      (void)r;
+    } catch (const procpool::usage_error& e) {
+      const std::string what = e.what();
+      procpool::exit(what.find("belongs to process") != std::string::npos ? 42 : 2);
+    }
+    procpool::exit(1);  // no error: wrong
+  });
+  child.start();
+  child.join();
+  CHECK(child.exitcode() == 42);
+  CHECK(pool.map(std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}) ==
+        std::vector<int>{10, 20, 30, 40, 50, 60, 70, 80});
+
+  std::optional<procpool::Pool<int (*)(int)>> copy_holder;
+  copy_holder.emplace(times_ten, 2);
+  const auto copy_pids = copy_holder->pids();
+  const pid_t forked = ::fork();
+  REQUIRE(forked >= 0);
+  if (forked == 0) {
+    copy_holder.reset();  // the child's copy is destroyed
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(forked, &status, 0) == forked);
+  CHECK(WIFEXITED(status));
+  for (pid_t p : copy_pids) CHECK(::kill(p, 0) == 0);  // still running
+  CHECK(copy_holder->pids() == copy_pids);
+  CHECK(copy_holder->map(std::vector<int>{1, 2}) == std::vector<int>{10, 20});
+  CHECK(pool.pids() == pids);
+}
+
+int exit_on_three(int x) {
+  if (x == 3) std::exit(3);  // as C libraries do: runs static destructors
+  return x;
+}
+
+// A replacement worker is forked while the engine's lock is held. exit() in
+// a task then ran ~Pool of the static pool in the worker, which waited for
+// that inherited lock for ever, and the parent for the worker.
+TEST_CASE("exit() in a task of a static pool's replacement worker ends just that worker",
+          "[failure][fork]") {
+  watchdog wd(30s);
+  static procpool::Pool<int (*)(int)> pool(exit_on_three, 2);
+  const auto first = pool.pids();
+  for (pid_t p : first) ::kill(p, SIGKILL);
+  // Both workers replaced (the pool notices on its next rounds).
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  auto replaced = [&] {
+    const auto now = pool.pids();
+    if (now.size() != 2) return false;
+    for (pid_t p : now)
+      if (std::find(first.begin(), first.end(), p) != first.end()) return false;
+    return true;
+  };
+  while (!replaced()) {
+    (void)pool.try_map(std::vector<int>{0, 1}, {.chunksize = 1});
+    REQUIRE(std::chrono::steady_clock::now() < until);
+  }
+  const auto out = pool.try_map(std::vector<int>{1, 2, 3, 4}, {.chunksize = 1});
+  REQUIRE(out.size() == 4);
+  REQUIRE_FALSE(out[2].ok());
+  try {
+    std::rethrow_exception(out[2].error());
+  } catch (const procpool::worker_lost& e) {
+    CHECK(e.exitcode() == 3);
+  }
+  CHECK(out[3].value() == 4);
+}
+
 int slow_plus_one(int x) {
   sleep_for_ms(300);
   return x + 1;

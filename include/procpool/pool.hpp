@@ -682,7 +682,7 @@ class imap_range {
   imap_range(imap_range&&) noexcept = default;
   imap_range& operator=(imap_range&&) noexcept = default;
   ~imap_range() {
-    if (job_) eng_->locked([&] { job_->cancel(); });
+    if (job_ && eng_->owned_here()) eng_->locked([&] { job_->cancel(); });
   }
 
   /// Waits for the first result. Call once.

@@ -631,9 +631,17 @@ class engine {
   /// Runs @p fn under the engine's lock (for reading job state).
   template <class Fn>
   decltype(auto) locked(Fn fn) {
+    check_owner();
     std::lock_guard lk(m_);
     return fn();
   }
+  /// True in the process that built the pool. Everywhere else (a Process child
+  /// or a fork holding a copy) the pool's workers, queues and lock are the
+  /// builder's: calls throw usage_error (check_owner), and the destructor
+  /// leaves everything alone.
+  bool owned_here() const noexcept { return current_pid() == parent_pid_; }
+  /// @throws usage_error when not owned_here().
+  void check_owner() const;
 
   void close();
   void join();
@@ -807,7 +815,7 @@ class engine {
 };
 
 inline engine::engine(const pool_options& opts, void* fn)
-    : opts_(opts), fn_(fn), cap_(round_up_pow2(opts.queue_bytes)), parent_pid_(::getpid()) {
+    : opts_(opts), fn_(fn), cap_(round_up_pow2(opts.queue_bytes)), parent_pid_(current_pid()) {
   std::size_t n = opts_.processes ? opts_.processes : cpu_count();
   if (n > 4096)
     throw usage_error("procpool::Pool: " + std::to_string(n) +
@@ -889,6 +897,14 @@ inline void engine::spawn_worker(worker& w) {
   });
 }
 
+inline void engine::check_owner() const {
+  if (owned_here()) return;
+  throw usage_error("procpool::Pool: used in process " + std::to_string(current_pid()) +
+                    ", but it belongs to process " + std::to_string(parent_pid_) +
+                    ", whose children its workers are; a pool works only in the process "
+                    "that built it: build one in this process");
+}
+
 inline void engine::throw_if_unusable() const {
   if (broken_) std::rethrow_exception(broken_);
   if (state_ != state::running)
@@ -898,6 +914,7 @@ inline void engine::throw_if_unusable() const {
 }
 
 inline void engine::submit(const std::shared_ptr<job>& j) {
+  check_owner();  // before the lock: a forked copy of it may be held for ever
   std::unique_lock lk(m_);
   throw_if_unusable();
   jobs_.push_back(j);
@@ -974,7 +991,7 @@ class engine::cell_job final : public job {
 };
 
 inline bool engine::express_claim(express_ticket& t) noexcept {
-  if (!express_enabled_) return false;
+  if (!express_enabled_ || !owned_here()) return false;  // submit() then says why
   pool_shared* ps = shared();
   // Counted before the pool's state is read; close() sets the state before
   // join() reads the count: a call either sees the pool closed, or is waited for.
@@ -1019,6 +1036,7 @@ inline void engine::express_post(const express_ticket& t) noexcept {
 }
 
 inline bool engine::express_wait(const express_ticket& t, std::int64_t deadline) {
+  check_owner();
   express_cell& c = cell(t);
   const auto finished = [&c] {
     return (c.state.load(std::memory_order_acquire) & ~cell_dropped) == cell_done;
@@ -1119,6 +1137,7 @@ inline void engine::settle_cells(const worker& w, std::uint64_t blamed_seq,
 }
 
 inline std::exception_ptr engine::take_cell_error(const express_ticket& t) {
+  check_owner();
   std::lock_guard lk(m_);
   auto e = std::move(cell_errors_[t.slot * express_cells + t.index]);
   cell_errors_[t.slot * express_cells + t.index] = nullptr;
@@ -1127,6 +1146,7 @@ inline std::exception_ptr engine::take_cell_error(const express_ticket& t) {
 }
 
 inline void engine::express_drop(const express_ticket& t) noexcept {
+  if (!owned_here()) return;  // the cell is the builder's
   express_cell& c = cell(t);
   std::uint32_t st = c.state.load(std::memory_order_acquire);
   for (;;) {
@@ -1153,6 +1173,7 @@ void engine::run_until(Done done) {
 
 template <class Done>
 bool engine::run_until(Done done, std::int64_t deadline) {
+  check_owner();
   std::unique_lock lk(m_);
   bool replaced = false;  // another caller took over driving from us: wait for it to finish
   watch_set ws;  // what we watch while waiting; filled before each wait
@@ -1884,12 +1905,14 @@ inline bool engine::all_done() const {
 }
 
 inline void engine::close() {
+  check_owner();
   std::lock_guard lk(m_);
   express_open_.store(false);  // before join() reads express_pending (see express_claim)
   if (state_ == state::running) state_ = state::closed;
 }
 
 inline void engine::join() {
+  check_owner();
   {
     std::lock_guard lk(m_);
     if (state_ == state::running)
@@ -1913,6 +1936,7 @@ inline void engine::join() {
 }
 
 inline void engine::terminate() noexcept {
+  if (!owned_here()) return;  // a copy in another process: the workers are not its own
   std::unique_lock lk(m_);
   express_open_.store(false);
   terminate_requested_ = true;
@@ -1954,6 +1978,7 @@ inline void engine::terminate() noexcept {
 }
 
 inline std::vector<pid_t> engine::pids() {
+  check_owner();
   std::lock_guard lk(m_);
   std::vector<pid_t> r;
   for (auto& w : workers_)

@@ -154,6 +154,22 @@ inline void send_signal(pid_t pid, int sig) {
 }
 
 /// The number of CPUs online (Python's os.cpu_count()).
+inline std::atomic<pid_t>& pid_slot() noexcept {
+  static std::atomic<pid_t> pid{0};
+  return pid;
+}
+inline void refresh_pid() noexcept { pid_slot().store(::getpid(), std::memory_order_relaxed); }
+/// This process's pid without a system call (glibc no longer caches getpid()):
+/// kept by a pthread_atfork child handler, registered on the first call, so it
+/// is right in any child forked after that, by procpool or not.
+inline pid_t current_pid() noexcept {
+  static const bool registered = [] {
+    refresh_pid();
+    return ::pthread_atfork(nullptr, nullptr, refresh_pid) == 0;
+  }();
+  return registered ? pid_slot().load(std::memory_order_relaxed) : ::getpid();
+}
+
 inline std::size_t cpu_count() noexcept {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<std::size_t>(n) : 1;
