@@ -1944,6 +1944,37 @@ TEST_CASE("procpool::exit(n) in an argument's load() ends its worker like in a t
   CHECK(pool.pids() != before);  // that worker ended and was replaced
 }
 
+// A death before the initializer returned broke the pool for good, even a
+// SIGKILL from outside (or the OOM killer) during an initializer that works.
+TEST_CASE("a worker killed during a working initializer is replaced; the pool goes on",
+          "[failure][initializer]") {
+  watchdog wd(30s);
+  procpool::Pool pool([](int x) { return x + 1; },
+                      procpool::pool_options{.processes = 2, .initializer = [] {
+                        sleep_for_ms(300);
+                      }});
+  const auto pids = pool.pids();
+  REQUIRE(::kill(pids[0], SIGKILL) == 0);  // in its initializer
+  CHECK(pool.map(iota_vec(0, 20)) == iota_vec(1, 21));
+}
+
+TEST_CASE("workers that keep dying in the initializer make the pool unusable, saying so",
+          "[failure][initializer]") {
+  watchdog wd(30s);
+  procpool::Pool pool([](int x) { return x; }, procpool::pool_options{.processes = 2, .initializer = [] {
+                                                 ::_exit(9);
+                                               }});
+  try {
+    (void)pool.map(std::vector<int>{1, 2, 3});
+    FAIL("no initializer_error");
+  } catch (const procpool::initializer_error& e) {
+    INFO(e.what());
+    CHECK(contains(e.what(), "before it was ready"));
+    CHECK(contains(e.what(), "exited with code 9"));
+  }
+  CHECK_THROWS_AS(pool.map(std::vector<int>{1}), procpool::initializer_error);
+}
+
 TEST_CASE("close() and join() finish on a pool whose initializer failed in one worker",
           "[failure][lifecycle]") {
   watchdog wd(30s);

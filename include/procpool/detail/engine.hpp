@@ -197,6 +197,10 @@ inline void put_cell_error(express_cell& c) noexcept {
 
 inline constexpr std::int64_t spin_ns = 50'000;  // spin this long before sleeping
 inline constexpr unsigned max_orphaned = 3;      // deaths before a chunk's first item ran
+// Deaths in a row before the initializer returned that make the pool unusable:
+// one may be a kill from outside (the OOM killer); an initializer that crashes
+// each time keeps forking.
+inline constexpr unsigned max_deaths_before_ready = 3;
 
 /// What a typed runner sees of the chunk it runs (in the worker).
 struct task_context {
@@ -794,6 +798,7 @@ class engine {
   std::deque<chunk> requeued_;
   std::vector<byte_buffer> spare_msgs_;  // answered chunks' buffers, for the next chunks
   std::uint64_t next_seq_ = 1;
+  unsigned deaths_before_ready_ = 0;  // in a row (see max_deaths_before_ready)
   std::int64_t next_check_ = 0;
   std::int64_t steal_retry_at_ = std::numeric_limits<std::int64_t>::max();  // see rebalance()
   std::vector<worker_load> loads_;  // rebalance()'s view of the workers, kept for its memory
@@ -1758,6 +1763,9 @@ inline bool engine::check_workers() {
   const std::int64_t limit = timeout_ns_;
   for (auto& w : workers_) {
     if (w.pid == 0) continue;
+    // A worker got through the initializer: earlier deaths were not in a row.
+    if (deaths_before_ready_ && slot(w.slot)->ready.load(std::memory_order_acquire))
+      deaths_before_ready_ = 0;
     if (limit > 0 && !w.timed_out) {
       slot_shared* s = slot(w.slot);
       // Read twice: only a consistent (seq, item) pair that is still running
@@ -1791,10 +1799,15 @@ inline void engine::on_death(worker& w, int exitcode) {
   drain(w);  // complete messages it wrote before dying still count
   w.pid = 0;
   slot_shared* s = slot(w.slot);
-  if (opts_.initializer && !s->ready.load() && !broken_) {
-    break_pool(std::make_exception_ptr(initializer_error(
-        "procpool::Pool: worker " + std::to_string(pid) + " " + describe_exitcode(exitcode) +
-        " before it was ready (in the initializer?); fix it and create a new Pool")));
+  if (opts_.initializer && !s->ready.load()) {
+    if (++deaths_before_ready_ >= max_deaths_before_ready && !broken_)
+      break_pool(std::make_exception_ptr(initializer_error(
+          "procpool::Pool: " + std::to_string(deaths_before_ready_) +
+          " workers in a row died before they were ready, the last, " + std::to_string(pid) +
+          ", " + describe_exitcode(exitcode) +
+          " before it was ready (in the initializer?); fix it and create a new Pool")));
+  } else {
+    deaths_before_ready_ = 0;
   }
   // A timeout blames what the check saw; a death, what the worker last wrote.
   const std::uint64_t blamed_seq = w.timed_out ? w.timeout_seq : s->running_seq.load();
