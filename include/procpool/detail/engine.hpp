@@ -93,9 +93,8 @@ struct item_failure {
 
 struct alignas(64) pool_shared {
   event parent_ev;  // the parent sleeps here: results arrived, or task space freed
-  // Express cells claimed and not yet finished (see express_cell).
-  alignas(64) std::atomic<std::uint64_t> express_pending{0};
-  std::atomic<std::uint32_t> express_finished{0};  // bumped as each cell finishes
+  // Bumped as each express cell finishes: wakes a driver its caller waits on.
+  alignas(64) std::atomic<std::uint32_t> express_finished{0};
 };
 
 // ---------------------------------------------------------------- the express lane
@@ -295,7 +294,6 @@ class worker_channel {
         c.state.store(cell_free, std::memory_order_release);  // dropped: nobody reads it
       // Only now: a death before this blames the cell, which is done (not run again).
       slot_->running_seq.store(0, std::memory_order_release);
-      pool_->express_pending.fetch_sub(1, std::memory_order_acq_rel);
       pool_->express_finished.fetch_add(1, std::memory_order_release);
       pool_->parent_ev.notify();
       ran = true;
@@ -997,11 +995,7 @@ class engine::cell_job final : public job {
 
 inline bool engine::express_claim(express_ticket& t) noexcept {
   if (!express_enabled_ || !owned_here()) return false;  // submit() then says why
-  pool_shared* ps = shared();
-  // Counted before the pool's state is read; close() sets the state before
-  // join() reads the count: a call either sees the pool closed, or is waited for.
-  ps->express_pending.fetch_add(1, std::memory_order_seq_cst);
-  if (express_open_.load(std::memory_order_seq_cst)) {
+  if (express_open_.load(std::memory_order_relaxed)) {
     const int me = current_cpu();
     const std::int64_t now = monotonic_ns();
     // First a worker on another CPU; else one on ours, which the caller then
@@ -1019,7 +1013,14 @@ inline bool engine::express_claim(express_ticket& t) noexcept {
         for (std::uint32_t k = 0; k < express_cells; ++k) {
           std::uint32_t st = cell_free;
           if (s->cells[k].state.compare_exchange_strong(st, cell_claimed,
-                                                        std::memory_order_acquire)) {
+                                                        std::memory_order_seq_cst)) {
+            // Claimed, then the pool's state read again; close() clears it
+            // before join() reads the cells (all_done): a call either sees
+            // the pool closed, or is waited for.
+            if (!express_open_.load(std::memory_order_seq_cst)) {
+              s->cells[k].state.store(cell_free, std::memory_order_release);
+              return false;
+            }
             t = {i, k, pass == 1};
             s->cells[k].caller_cpu = pass == 1 ? me : -1;
             s->cells[k].posted_ns.store(now, std::memory_order_relaxed);
@@ -1029,7 +1030,6 @@ inline bool engine::express_claim(express_ticket& t) noexcept {
       }
     }
   }
-  ps->express_pending.fetch_sub(1, std::memory_order_acq_rel);
   return false;
 }
 
@@ -1096,7 +1096,6 @@ inline void engine::finish_cell(const express_ticket& t) noexcept {
                                         std::memory_order_acq_rel)) {
   }
   if (st & cell_dropped) cell_errors_[t.slot * express_cells + t.index] = nullptr;
-  shared()->express_pending.fetch_sub(1, std::memory_order_acq_rel);
   shared()->express_finished.fetch_add(1, std::memory_order_release);
   shared()->parent_ev.notify();
   cv_.notify_all();
@@ -1911,7 +1910,14 @@ inline void engine::break_pool(std::exception_ptr e) {
 
 inline bool engine::all_done() const {
   if (!jobs_.empty() || !requeued_.empty()) return false;
-  if (shared()->express_pending.load(std::memory_order_seq_cst) != 0) return false;
+  // Express calls not finished, from the cells' states: a dead worker's cells
+  // are settled by on_death, while a count it kept could be left wrong by its
+  // death between finishing a cell and counting it.
+  for (std::uint32_t i = 0; i < workers_.size(); ++i)
+    for (const express_cell& c : slot(i)->cells) {
+      const std::uint32_t st = c.state.load(std::memory_order_seq_cst) & ~cell_dropped;
+      if (st != cell_free && st != cell_done) return false;
+    }
   for (const auto& w : workers_)
     if (!w.inflight.empty()) return false;
   return true;
@@ -1920,7 +1926,7 @@ inline bool engine::all_done() const {
 inline void engine::close() {
   check_owner();
   std::lock_guard lk(m_);
-  express_open_.store(false);  // before join() reads express_pending (see express_claim)
+  express_open_.store(false);  // before join() reads the cells (see express_claim)
   if (state_ == state::running) state_ = state::closed;
 }
 
