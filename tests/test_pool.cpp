@@ -1007,6 +1007,51 @@ TEST_CASE("pool: an input iterator that throws fails the call and the pool stays
   CHECK(code == 0);
 }
 
+// An input error aborted the job: the reader got it at once, and items already
+// read, sent and computed were never handed out (with a throw at item 7 and
+// chunks of 2, nothing at all). As in Python, every item read comes out first.
+TEST_CASE("pool: imap hands out every item read before its input threw, then the error",
+          "[pool][errors]") {
+  const int code = run_in_child(
+      [] {
+        procpool::Pool pool(square, 2);
+        struct run {
+          int n, bad;
+          std::size_t chunk;
+        };
+        for (const run r : {run{50, 7, 2}, run{50, 7, 1}, run{1000, 500, 0}}) {
+          for (int ordered = 0; ordered < 2; ++ordered) {
+            std::vector<int> got;
+            std::string what;
+            try {
+              if (ordered) {
+                for (int v : pool.imap(ThrowingRange{r.n, r.bad}, {.chunksize = r.chunk}))
+                  got.push_back(v);
+              } else {
+                for (int v : pool.imap_unordered(ThrowingRange{r.n, r.bad}, {.chunksize = r.chunk}))
+                  got.push_back(v);
+              }
+            } catch (const std::runtime_error& e) {
+              what = e.what();
+            }
+            if (what != "input " + std::to_string(r.bad) + " unreadable") return 10;
+            if (got.size() != static_cast<std::size_t>(r.bad)) return 11;
+            if (!ordered) std::sort(got.begin(), got.end(), [](int a, int b) { return a < b; });
+            std::vector<int> want;
+            for (int i = 0; i < r.bad; ++i) want.push_back(i * i);
+            if (!ordered) std::sort(want.begin(), want.end());
+            if (got != want) return 12;
+          }
+        }
+        return 0;
+      },
+      30s);
+  INFO("child exit code " << code
+                          << " (10: wrong or no error, 11: not every item read came out, 12: wrong "
+                             "values, -1: hung)");
+  CHECK(code == 0);
+}
+
 // A result whose load() throws in the parent fails its items; the chunk must
 // still leave the worker's in-flight list, or that worker's later answers are
 // matched to the wrong chunks (later calls fail with "does not match" or hang).

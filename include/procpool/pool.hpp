@@ -445,10 +445,13 @@ class stream_job : public result_job<R> {
   /// True when next() has something (a value, an error, or the end).
   bool has_next() const {
     if (aborted_error_ && !abort_reported_) return true;
-    if constexpr (Ordered)
-      return !pending_.empty() && pending_.begin()->first == next_;
-    else
-      return !ready_.empty();
+    if constexpr (Ordered) {
+      if (!pending_.empty() && pending_.begin()->first == next_) return true;
+    } else {
+      if (!ready_.empty()) return true;
+    }
+    // The input failed: its error comes once every item read has come out.
+    return input_error_ && !input_error_reported_ && this->complete();
   }
   bool finished() const { return this->complete() && !has_next(); }
   /// Takes the next outcome; call when has_next().
@@ -468,8 +471,12 @@ class stream_job : public result_job<R> {
       }
     }
     // Aborted (terminated): report it once, then the range ends.
-    abort_reported_ = true;
-    return outcome<R>(aborted_error_);
+    if (aborted_error_ && !abort_reported_) {
+      abort_reported_ = true;
+      return outcome<R>(aborted_error_);
+    }
+    input_error_reported_ = true;
+    return outcome<R>(input_error_);
   }
   void abort(std::exception_ptr e) override {
     if (!this->aborted) aborted_error_ = std::move(e);
@@ -477,6 +484,8 @@ class stream_job : public result_job<R> {
   }
   /// The reader went away: stop handing out input.
   void cancel() { this->aborted = true; }
+  /// Items read so far still come out (as in Python); then @p e, once.
+  void input_failed(std::exception_ptr e) override { input_error_ = std::move(e); }
   /// join(): every item runs; results wait for the reader however many.
   void lift_window() override { window_ = std::numeric_limits<std::size_t>::max(); }
 
@@ -500,6 +509,8 @@ class stream_job : public result_job<R> {
   std::deque<outcome<R>> ready_;
   std::exception_ptr aborted_error_;
   bool abort_reported_ = false;
+  std::exception_ptr input_error_;  // reading or encoding the input failed
+  bool input_error_reported_ = false;
 };
 
 /// Feeds a job from an input view, encoding items as chunks are requested.
@@ -518,6 +529,8 @@ class input_job final : public Base {
                          std::uint32_t& stride, std::size_t max, std::uint64_t& base) override {
     using It = decltype(it_);
     using Sent = decltype(std::end(view_));
+    // The input failed after the items of the last chunk were read: now the error.
+    if (deferred_) std::rethrow_exception(std::exchange(deferred_, nullptr));
     const std::size_t start = out.size();
     base = next_;
     std::size_t n = 0;
@@ -543,8 +556,18 @@ class input_job final : public Base {
         std::min<std::size_t>(this->chunk_bytes ? this->chunk_bytes : ~std::size_t{0},
                               std::size_t{1} << 30);
     while (n < max && !done_ && accepting_n(1) && (n == 0 || out.size() - start < max_chunk_bytes)) {
-      if (!stride) offsets.push_back(static_cast<std::uint32_t>(out.size() - start));
-      encode<Arg>(out, static_cast<const Arg&>(*it_));
+      const std::size_t at = out.size(), marks = offsets.size();
+      try {
+        if (!stride) offsets.push_back(static_cast<std::uint32_t>(at - start));
+        encode<Arg>(out, static_cast<const Arg&>(*it_));
+      } catch (...) {
+        // The items before this one go out; the error comes at the next call.
+        out.resize(at);
+        offsets.resize(marks);
+        if (n == 0) throw;
+        deferred_ = std::current_exception();
+        break;
+      }
       ++it_;
       ++n;
       ++next_;
@@ -555,6 +578,10 @@ class input_job final : public Base {
     return n;
   }
   bool input_done() const override { return done_; }
+  void input_failed(std::exception_ptr e) override {
+    done_ = true;
+    Base::input_failed(std::move(e));
+  }
 
  private:
   /// Whether @p n more items fit in the job's window (imap's bound on memory).
@@ -566,6 +593,7 @@ class input_job final : public Base {
   }
   View view_;
   decltype(std::begin(std::declval<View&>())) it_;
+  std::exception_ptr deferred_;  // the input's error, after a chunk cut short by it
   std::uint64_t next_ = 0;
   bool done_ = false;
 };

@@ -545,6 +545,9 @@ class job {
   virtual void fail(std::uint64_t index, std::exception_ptr e) = 0;
   /// The pool can no longer run anything: every unfinished item fails with @p e.
   virtual void abort(std::exception_ptr e) = 0;
+  /// Reading or encoding the input failed with @p e: no more items, and @p e
+  /// is the call's error (by default the whole call fails at once).
+  virtual void input_failed(std::exception_ptr e) { abort(std::move(e)); }
   /// join() was called: hand out all of the input, whether or not the results
   /// are read yet (imap's window would wait for its reader, and join for it).
   virtual void lift_window() {}
@@ -1549,7 +1552,7 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     } catch (...) {
       // Reading or encoding this job's input failed (its iterator or a
       // serialize() threw): that job fails, not whichever caller is driving.
-      j.abort(std::current_exception());
+      j.input_failed(std::current_exception());
       it = jobs_.erase(it);
       continue;
     }
