@@ -26,12 +26,14 @@ cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE="$build_type" -DPROCPOOL_BUI
   "${cmake_args[@]}" >/dev/null
 
 targets=(worker four_processes)
-# The Pool demo, once examples/CMakeLists.txt defines it. (Capture first: with
+# The Pool demos, as examples/CMakeLists.txt defines them. (Capture first: with
 # pipefail, grep -q closing the pipe early would fail the whole pipeline.)
 all_targets=$(cmake --build "$build_dir" --target help)
-if grep -qw squares <<<"$all_targets"; then
-  targets+=(squares)
-fi
+for t in squares wordcount; do
+  if grep -qw "$t" <<<"$all_targets"; then
+    targets+=("$t")
+  fi
+done
 cmake --build "$build_dir" -j"$jobs" --target "${targets[@]}"
 
 bin=$build_dir/examples
