@@ -10,4 +10,7 @@
 #include "process.hpp"
 #include "options.hpp"
 #include "codec.hpp"
+#include "outcome.hpp"
+#include "async_result.hpp"
+#include "imap_range.hpp"
 #include "pool.hpp"

@@ -76,11 +76,8 @@ struct drain_tag {
 struct broken_tag {
   friend auto stolen(broken_tag);
 };
-struct slot_tag {
-  friend auto stolen(slot_tag);
-};
-struct result_data_tag {
-  friend auto stolen(result_data_tag);
+struct shm_tag {
+  friend auto stolen(shm_tag);
 };
 struct cap_tag {
   friend auto stolen(cap_tag);
@@ -91,8 +88,7 @@ struct requeued_tag {
 template struct steal<workers_tag, &pd::engine::workers_>;
 template struct steal<drain_tag, &pd::engine::drain>;
 template struct steal<broken_tag, &pd::engine::broken_>;
-template struct steal<slot_tag, &pd::engine::slot>;
-template struct steal<result_data_tag, &pd::engine::result_data>;
+template struct steal<shm_tag, &pd::engine::shm_>;
 template struct steal<cap_tag, &pd::engine::cap_>;
 template struct steal<requeued_tag, &pd::engine::requeued_>;
 
@@ -205,10 +201,10 @@ struct harness {
 
   void reset() {
     auto& w = worker();
-    pd::slot_shared* s = (eng->*stolen(slot_tag{}))(0);
+    pd::worker_shared* s = (eng->*stolen(shm_tag{})).worker(0);
     s->results.head = 0;
     s->results.tail = 0;
-    w.results = pd::byte_ring(&s->results, (eng->*stolen(result_data_tag{}))(0),
+    w.results = pd::byte_ring(&s->results, (eng->*stolen(shm_tag{})).result_data(0),
                               eng->*stolen(cap_tag{}));
     w.inflight.clear();
     w.sent = 0;
@@ -224,8 +220,8 @@ struct harness {
 
   /// Writes bytes as the worker would, into its result ring.
   void produce(const char* p, std::size_t n) {
-    pd::slot_shared* s = (eng->*stolen(slot_tag{}))(0);
-    pd::byte_ring ring(&s->results, (eng->*stolen(result_data_tag{}))(0), eng->*stolen(cap_tag{}));
+    pd::worker_shared* s = (eng->*stolen(shm_tag{})).worker(0);
+    pd::byte_ring ring(&s->results, (eng->*stolen(shm_tag{})).result_data(0), eng->*stolen(cap_tag{}));
     ring.write_some(p, n);
   }
 
@@ -239,7 +235,7 @@ struct harness {
     c.seq = seq;
     c.n = count;
     c.stride = 0;
-    c.msg.grow(pd::chunk::items_at);
+    pd::task_message::begin(c.msg);
     for (std::uint64_t i = 0; i <= count; ++i) c.offsets.push_back(0);
     auto& w = worker();
     w.inflight.push_back(std::move(c));

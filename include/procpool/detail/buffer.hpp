@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 
 #include "../errors.hpp"
+#include "tuning.hpp"
 
 namespace procpool::detail {
 
@@ -27,7 +28,7 @@ namespace procpool::detail {
 /// they would with THP 'always'. A hint; does nothing if refused.
 inline void advise_huge_pages(void* p, std::size_t n) noexcept {
   constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
-  if (n < (std::size_t{4} << 20)) return;
+  if (n < huge_buffer_bytes) return;
   const auto from = (reinterpret_cast<std::uintptr_t>(p) + huge - 1) & ~(huge - 1);
   const auto to = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(huge - 1);
   if (to > from) ::madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
@@ -112,7 +113,7 @@ class byte_buffer {
   }
 
  private:
-  static constexpr std::size_t mapped_from = std::size_t{4} << 20;
+  static constexpr std::size_t mapped_from = huge_buffer_bytes;
 
   static char* allocate(std::size_t cap) {
     if (cap < mapped_from) return new char[cap];

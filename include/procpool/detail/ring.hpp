@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "posix.hpp"
+#include "tuning.hpp"
 
 namespace procpool::detail {
 
@@ -61,11 +62,6 @@ struct alignas(64) event {
   }
 };
 
-/// A ring starts this small (when its capacity is larger) and grows to its
-/// capacity for the first message that needs more: a stream of small messages
-/// then touches a quarter of a default ring's pages, each a page fault (in each
-/// process) on first use.
-inline constexpr std::size_t initial_ring_bytes = std::size_t{256} << 10;
 
 /// The shared half of a ring: positions count bytes ever written and read.
 struct ring_control {

@@ -18,29 +18,16 @@
 #include <cstdint>
 #include <span>
 
-namespace procpool::detail {
+#include "tuning.hpp"
 
-/// Chunks queued to one worker at the most (sent, running or waiting).
-inline constexpr std::size_t max_queue_depth = 8;
-/// A queued chunk may move to an idle worker once it has waited this long: a
-/// worker streaming tiny chunks starts each within microseconds, and moving
-/// those would only wake a second worker to spin on a CPU the others need.
-inline constexpr std::int64_t steal_after_ns = 200'000;
-/// A chunk that took less than this is quick: several are queued ahead.
-inline constexpr std::int64_t quick_chunk_ns = 500'000;
-/// A guided chunk is at most 1/(guided_divisor * workers) of what is left.
-inline constexpr std::size_t guided_divisor = 2;
-/// ... and not smaller than what runs this long, judged from the worker's last
-/// chunk: a tail of quick items ends together anyway, and cutting it finer
-/// only adds messages.
-inline constexpr std::int64_t min_chunk_ns = 200'000;
+namespace procpool::detail {
 
 /// How many chunks to keep queued to a worker whose last chunk took
 /// @p took_ns (-1: it has run none yet, so nothing is known).
 inline std::size_t queue_depth(std::int64_t took_ns) noexcept {
   if (took_ns < 0) return 2;            // unknown: one running, one ready behind it
   if (took_ns < quick_chunk_ns) return max_queue_depth;  // quick: hide the parent's latency
-  if (took_ns < 5'000'000) return 2;
+  if (took_ns < long_chunk_ns) return 2;
   return 1;  // long: a worker that finishes early takes the next one itself
 }
 
@@ -75,11 +62,11 @@ inline std::size_t chunk_items(std::size_t cap, bool guided, std::uint64_t remai
 /// A chunk's word is chosen round-robin; a worker never holds more than
 /// max_queue_depth chunks, so a word is reused only after its chunk is answered.
 struct claim_board {
-  static constexpr unsigned slots = 16;
+  static constexpr unsigned words = 16;
   static constexpr std::uint64_t started = std::uint64_t{1} << 63;
   static constexpr std::uint64_t revoked = std::uint64_t{1} << 62;
 
-  std::atomic<std::uint64_t> word[slots];
+  std::atomic<std::uint64_t> word[words];
 
   /// Parent, before the chunk is written: @p seq waits in word @p i.
   void post(unsigned i, std::uint64_t seq) noexcept { word[i].store(seq, std::memory_order_release); }
@@ -101,7 +88,7 @@ struct claim_board {
     for (auto& w : word) w.store(0, std::memory_order_relaxed);
   }
 };
-static_assert(claim_board::slots > max_queue_depth, "a claim word is reused only after its chunk");
+static_assert(claim_board::words > max_queue_depth, "a claim word is reused only after its chunk");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "claim words live in shared memory");
 
 // ---------------------------------------------------------------- stealing
@@ -111,6 +98,12 @@ struct worker_load {
   bool idle = false;                // alive, may take work, and has nothing queued or running
   std::size_t unstarted = 0;        // queued chunks (or posted express calls) not started
   std::int64_t oldest_sent_ns = 0;  // when the oldest of those was queued
+
+  /// Counts one more unstarted chunk or call, queued at @p sent_ns.
+  void add_unstarted(std::int64_t sent_ns) noexcept {
+    oldest_sent_ns = unstarted ? std::min(oldest_sent_ns, sent_ns) : sent_ns;
+    ++unstarted;
+  }
 };
 
 /// The worker an idle worker should take a queued chunk from, or -1: the one

@@ -1,0 +1,95 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// What becomes of the work a dead worker held: which item is blamed, and each
+// chunk's fate. Plain data in, plain data out, so a test can call it without
+// forking; the engine (on_death) carries out the verdict. The errors it
+// builds are the only place their messages are written.
+
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <sys/types.h>
+
+#include "../errors.hpp"
+#include "express_cell.hpp"
+#include "posix.hpp"
+#include "tuning.hpp"
+
+namespace procpool::detail {
+
+/// What a dead worker was running, as the parent last saw it: the chunk's
+/// sequence number and the item in it (`express_seq | cell` for an express
+/// call), or seq 0: between items.
+struct death_blame {
+  std::uint64_t seq = 0;
+  std::uint64_t item = 0;
+
+  /// A timeout blames what the check saw; any other death, what the worker last wrote.
+  static death_blame of(bool timed_out, death_blame seen_by_check, death_blame last_written) {
+    return timed_out ? seen_by_check : last_written;
+  }
+  bool ran_nothing() const noexcept { return seq == 0; }
+  /// True when an express call is blamed; then cell() is its cell.
+  bool on_cell() const noexcept { return (seq & express_seq) != 0; }
+  std::uint32_t cell() const noexcept { return static_cast<std::uint32_t>(seq & ~express_seq); }
+};
+
+enum class chunk_fate {
+  elsewhere,  // taken back before the death: its items went to another worker
+  requeued,   // every item runs again
+  lost,       // its workers died too often before it started: every item fails
+  blamed,     // `item` fails, or runs alone again (`retry`); the others run again
+};
+
+struct chunk_verdict {
+  chunk_fate fate = chunk_fate::requeued;
+  std::uint64_t item = 0;  // blamed: the item within the chunk
+  bool retry = false;      // blamed: it runs again (pool_options::retries)
+  unsigned orphaned = 0;   // the chunk's count of deaths before it started, from now on
+};
+
+/// The fate of a chunk of @p count items with sequence number @p seq that the
+/// dead worker held. @p attempts: runs of its blamed item so far; @p orphaned:
+/// deaths of its workers so far while none of its items ran. Only a worker
+/// that died running nothing makes its chunks orphans: chunks queued behind a
+/// blamed item are bystanders.
+constexpr chunk_verdict judge_chunk(const death_blame& blame, std::uint64_t seq,
+                                    std::uint64_t count, bool revoked, unsigned attempts,
+                                    unsigned orphaned, unsigned retries) noexcept {
+  if (revoked) return {chunk_fate::elsewhere, 0, false, orphaned};
+  if (!blame.ran_nothing() && blame.seq == seq && blame.item < count)
+    return {chunk_fate::blamed, blame.item, attempts < retries, orphaned};
+  if (blame.ran_nothing()) {
+    const unsigned now = orphaned + 1;
+    return {now > max_orphaned ? chunk_fate::lost : chunk_fate::requeued, 0, false, now};
+  }
+  return {chunk_fate::requeued, 0, false, orphaned};
+}
+
+/// The error of item @p index (0 for an express call) that worker @p pid died
+/// running (killed by the timeout check when @p timed_out).
+inline std::exception_ptr blamed_error(std::uint64_t index, pid_t pid, int exitcode,
+                                       bool timed_out, long long timeout_ms) {
+  const std::string what =
+      "procpool: worker " + std::to_string(pid) + " " +
+      (timed_out ? "ran past task_timeout (" + std::to_string(timeout_ms) + " ms) and was killed"
+                 : describe_exitcode(exitcode)) +
+      " while running item " + std::to_string(index);
+  return timed_out ? std::make_exception_ptr(task_timeout(index, pid, exitcode, what))
+                   : std::make_exception_ptr(worker_lost(index, pid, exitcode, what));
+}
+
+/// The error of item @p index of a chunk whose workers died @p orphaned times
+/// before any of its items ran, the last being @p pid.
+inline std::exception_ptr lost_error(std::uint64_t index, pid_t pid, int exitcode,
+                                     unsigned orphaned) {
+  return std::make_exception_ptr(worker_lost(
+      index, pid, exitcode,
+      "procpool: item " + std::to_string(index) + " was lost: " + std::to_string(orphaned) +
+          " workers died before it started (the last, " + std::to_string(pid) + ", " +
+          describe_exitcode(exitcode) + "); out of memory receiving it?"));
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,87 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+/// @file imap_range.hpp
+/// procpool::imap_range, the lazily read results of imap and imap_unordered.
+
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "detail/engine.hpp"
+#include "detail/jobs.hpp"
+#include "outcome.hpp"
+
+namespace procpool {
+
+template <class F>
+class Pool;
+
+/// The results of imap / imap_unordered: an input range, read lazily.
+/// Dereferencing an iterator at an item that failed throws that item's error;
+/// incrementing past it goes on with the next. Destroying the range stops
+/// feeding work (what is in flight finishes and is dropped).
+template <class R, bool Ordered>
+class imap_range {
+  using job_type = detail::stream_job<R, Ordered>;
+
+ public:
+  class iterator {
+   public:
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    /// The item's value; throws its error if it failed.
+    R& operator*() const { return range_->value(); }
+    R* operator->() const { return &**this; }
+    iterator& operator++() {
+      range_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return range_->at_end(); }
+
+   private:
+    friend class imap_range;
+    explicit iterator(imap_range* r) : range_(r) {}
+    imap_range* range_ = nullptr;
+  };
+
+  imap_range(imap_range&&) noexcept = default;
+  imap_range& operator=(imap_range&&) noexcept = default;
+  ~imap_range() {
+    if (job_ && eng_->owned_here()) eng_->locked([&] { job_->cancel(); });
+  }
+
+  /// Waits for the first result. Call once.
+  iterator begin() {
+    advance();
+    return iterator(this);
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  template <class>
+  friend class Pool;
+  imap_range(std::shared_ptr<detail::engine> eng, std::shared_ptr<job_type> job)
+      : eng_(std::move(eng)), job_(std::move(job)) {}
+
+  bool at_end() const noexcept { return !current_; }
+  R& value() { return current_->value(); }
+  void advance() {
+    current_.reset();
+    eng_->run_until([this] { return job_->has_next() || job_->finished(); });
+    eng_->locked([this] {
+      if (job_->has_next()) current_.emplace(job_->next());
+    });
+  }
+
+  std::shared_ptr<detail::engine> eng_;
+  std::shared_ptr<job_type> job_;
+  std::optional<outcome<R>> current_;
+};
+
+}  // namespace procpool
