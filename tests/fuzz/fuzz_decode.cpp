@@ -201,18 +201,14 @@ struct harness {
 
   void reset() {
     auto& w = worker();
-    pd::worker_shared* s = (eng->*stolen(shm_tag{})).worker(0);
-    s->results.head = 0;
-    s->results.tail = 0;
-    w.results = pd::byte_ring(&s->results, (eng->*stolen(shm_tag{})).result_data(0),
-                              eng->*stolen(cap_tag{}));
-    w.inflight.clear();
-    w.sent = 0;
-    w.send_off = 0;
-    w.corrupt = false;
-    w.have_header = false;
-    w.got = 0;
-    w.body.clear();
+    auto& shm = eng->*stolen(shm_tag{});
+    const std::size_t cap = eng->*stolen(cap_tag{});
+    pd::worker_shared* s = shm.worker(0);
+    s->results.head = s->results.tail = 0;
+    s->tasks.head = s->tasks.tail = 0;
+    w.reset(pd::byte_ring(&s->tasks, shm.task_data(0), cap),
+            pd::byte_ring(&s->results, shm.result_data(0), cap), 0);
+    w.in.body.clear();
     w.pid = zombie;
     eng->*stolen(broken_tag{}) = nullptr;
     (eng->*stolen(requeued_tag{})).clear();
@@ -232,14 +228,15 @@ struct harness {
     c.owner = std::make_shared<sink_job<R>>();
     c.owner->outstanding = count;
     c.base = 0;
-    c.seq = seq;
     c.n = count;
     c.stride = 0;
     pd::task_message::begin(c.msg);
     for (std::uint64_t i = 0; i <= count; ++i) c.offsets.push_back(0);
+    // Queued and written into the (unread) task ring: its answer is due.
     auto& w = worker();
-    w.inflight.push_back(std::move(c));
-    w.sent = 1;
+    w.out.push(std::move(c), seq, pd::monotonic_ns(),
+               (eng->*stolen(shm_tag{})).worker(0)->claims);
+    w.out.flush();
   }
 
   void drain(const char* where) {

@@ -31,6 +31,7 @@
 #include "buffer.hpp"
 #include "death_verdict.hpp"
 #include "driver.hpp"
+#include "event_watch.hpp"
 #include "express_lane.hpp"
 #include "job.hpp"
 #include "posix.hpp"
@@ -39,6 +40,7 @@
 #include "shared_layout.hpp"
 #include "tuning.hpp"
 #include "wire.hpp"
+#include "worker_link.hpp"
 #include "worker_loop.hpp"
 
 namespace procpool::detail {
@@ -109,68 +111,8 @@ class engine {
  private:
   enum class phase { running, closed, joined, terminated };
 
-  /// The parent's record of one worker.
-  struct worker {
-    std::size_t index = 0;  // its place in workers_ and in the shared region
-    pid_t pid = 0;          // 0: none (dead, not replaced)
-    // Sending: the chunks it holds, in order, and how far they are written.
-    byte_ring tasks;            // we produce
-    std::deque<chunk> inflight;  // sent or to be sent, not yet answered
-    std::size_t sent = 0;        // inflight[0, sent) fully written
-    std::size_t send_off = 0;    // bytes of inflight[sent] written
-    std::size_t budget = 0;      // items it may still be given (max_tasks_per_child)
-    unsigned next_claim = 0;     // claim word for its next chunk
-    bool stop_queued = false;    // it is to exit once its chunks are sent
-    bool stop_sent = false;
-    // Receiving: the message being read.
-    byte_ring results;  // we consume
-    bool have_header = false;
-    frame_header hdr{};
-    byte_buffer body;
-    std::size_t got = 0;
-    // How long its chunks take, for the scheduler.
-    std::int64_t last_result_ns = 0;
-    std::int64_t last_chunk_ns = -1;     // how long its last chunk took; -1: none yet
-    std::uint64_t last_chunk_items = 0;  // and how many items it had
-    // Its end.
-    bool timed_out = false;     // killed by the timeout check, which saw:
-    death_blame timeout_blame;  // what it was running then
-    bool corrupt = false;       // sent bytes we cannot parse; killed, awaiting reaping
-    bool dying = false;         // reaped; on_death is reading what it left
-  };
+  using worker = worker_link;
 
-  /// What a driver waiting for an event looks at, copied under the lock: once
-  /// it lets the lock go another caller may take over driving, and the worker
-  /// records are then that caller's. Lives in run_until's frame (a
-  /// thread_local would be gone when a static's destructor waits on a pool);
-  /// the first few workers' rings need no allocation.
-  struct watch_set {
-    struct ring_pair {
-      byte_ring results, tasks;
-      bool blocked = false;  // has bytes to send when the task ring has room
-    };
-    static constexpr std::size_t inline_rings = 8;
-    std::uint64_t gen = 0;
-    std::uint32_t express_finished = 0;
-    std::int64_t last_progress_ns = 0, next_check = 0;
-    std::size_t n = 0;
-    ring_pair few[inline_rings];
-    std::vector<ring_pair> more;
-
-    void add(const ring_pair& r) {
-      if (n < inline_rings) few[n] = r;
-      else more.push_back(r);
-      ++n;
-    }
-    template <class Fn>
-    bool any(Fn fn) const {
-      for (std::size_t i = 0; i < n && i < inline_rings; ++i)
-        if (fn(few[i])) return true;
-      for (const auto& r : more)
-        if (fn(r)) return true;
-      return false;
-    }
-  };
 
   /// The number of workers @p opts asks for; @throws usage_error for options
   /// out of range (before anything is mapped or forked).
@@ -179,11 +121,8 @@ class engine {
 
   void spawn_worker(worker& w);
   void throw_if_unusable() const;
-  // Driving: one round, and the wait between rounds.
+  // Driving: one round (the wait between rounds is event_watch).
   bool pump();
-  void fill_watch(watch_set& ws);
-  bool wait_for_event(std::int64_t deadline, const watch_set& ws);
-  bool has_event(const watch_set& ws, bool& poked);
   // Receiving.
   bool drain(worker& w);
   void on_message(worker& w, const char* body, std::size_t size);
@@ -285,21 +224,8 @@ inline void engine::spawn_worker(worker& w) {
   // notify it right now, without the lock.
   s->worker_ev.waiters.store(0, std::memory_order_relaxed);
   s->claims.reset();
-  w.tasks = byte_ring(&s->tasks, shm_.task_data(w.index), cap_);
-  w.results = byte_ring(&s->results, shm_.result_data(w.index), cap_);
-  w.tasks.start_small();
-  w.results.start_small();
-  w.inflight.clear();
-  w.sent = w.send_off = 0;
-  w.budget = opts_.max_tasks_per_child ? opts_.max_tasks_per_child
-                                       : std::numeric_limits<std::size_t>::max();
-  w.next_claim = 0;
-  w.stop_queued = w.stop_sent = w.have_header = false;
-  w.got = 0;
-  w.last_result_ns = 0;
-  w.last_chunk_ns = -1;
-  w.last_chunk_items = 0;
-  w.timed_out = w.corrupt = w.dying = false;
+  w.reset(byte_ring(&s->tasks, shm_.task_data(w.index), cap_),
+          byte_ring(&s->results, shm_.result_data(w.index), cap_), opts_.max_tasks_per_child);
   const pid_t parent = parent_pid_;
   const bool timed = opts_.task_timeout.count() > 0;
   pool_shared* ps = shm_.pool();
@@ -348,20 +274,18 @@ template <class Done>
 bool engine::run_until(Done done, std::int64_t deadline) {
   check_owner();
   std::unique_lock lk(m_);
-  watch_set ws;  // what the driver watches while waiting; filled before each wait
+  event_watch watch;  // what the driver waits for between rounds
   return drv_.run(
       lk,
       [&] {
-        // Before done(): an express cell finishing after this wakes the wait.
-        ws.express_finished = shm_.pool()->express_finished.load(std::memory_order_acquire);
+        watch.note_express(*shm_.pool());
         return done();
       },
       deadline, [this] { return pump(); },
       [&](std::uint64_t gen) {
-        fill_watch(ws);
-        ws.gen = gen;
+        watch.arm(gen, last_progress_ns_, std::min(next_check_, steal_retry_at_), workers_);
       },
-      [&](std::int64_t until) { return wait_for_event(until, ws); });
+      [&](std::int64_t until) { return watch.wait(until, drv_, *shm_.pool()); });
 }
 
 // ---------------------------------------------------------------- the express lane, engine side
@@ -433,87 +357,39 @@ inline bool engine::pump() {
   return progress;
 }
 
-inline void engine::fill_watch(watch_set& ws) {
-  ws.last_progress_ns = last_progress_ns_;
-  ws.next_check = std::min(next_check_, steal_retry_at_);
-  ws.n = 0;
-  ws.more.clear();
-  for (auto& w : workers_) {
-    if (w.pid == 0 || w.corrupt) continue;
-    ws.add({w.results, w.tasks, w.sent < w.inflight.size()});
-  }
-}
-
-inline bool engine::has_event(const watch_set& ws, bool& poked) {
-  if (drv_.replaced(ws.gen)) return true;
-  // A submit() or terminate() wants the driver (a load first: this runs in the spin loop).
-  if (drv_.take_poke()) return poked = true;
-  // An express cell finished: its caller may wait on this driver's rounds.
-  if (shm_.pool()->express_finished.load(std::memory_order_relaxed) != ws.express_finished) return true;
-  return ws.any([](const watch_set::ring_pair& r) {
-    return r.results.readable() > 0 || (r.blocked && r.tasks.writable() > 0);
-  });
-}
-
-/// Spins briefly, then sleeps until a worker publishes, a submit() wakes us,
-/// the next liveness check is due, or another caller takes over. Called
-/// without the lock; sees only @p ws and atomics. True if it took a poke.
-inline bool engine::wait_for_event(std::int64_t deadline, const watch_set& ws) {
-  bool poked = false;
-  const std::int64_t start = monotonic_ns();
-  // Spin only while answers are flowing; a pool whose tasks run long sleeps at
-  // once, leaving the CPUs to the workers.
-  if (start - ws.last_progress_ns < 2 * spin_ns) {
-    for (unsigned i = 0;; ++i) {
-      if (has_event(ws, poked)) return poked;
-      cpu_relax();
-      if ((i & 63) == 63 && monotonic_ns() - start > spin_ns) break;
-    }
-  }
-  event& ev = shm_.pool()->parent_ev;
-  const std::uint32_t seen = ev.prepare();
-  if (!has_event(ws, poked)) {
-    const std::int64_t now = monotonic_ns();
-    std::int64_t until = std::min(deadline, std::max(ws.next_check, now + 100'000));
-    ev.wait(seen, std::max<std::int64_t>(until - now, 1000));
-  }
-  ev.retire();
-  return poked;
-}
-
 inline bool engine::drain(worker& w) {
-  if (w.pid == 0 || w.corrupt) return false;
+  if (!w.connected()) return false;
   bool progress = false;
   for (;;) {
-    if (!w.have_header) {
-      if (w.results.readable() < sizeof(frame_header)) break;
-      w.results.read_some(reinterpret_cast<char*>(&w.hdr), sizeof w.hdr);
-      w.have_header = true;
-      w.got = 0;
-      if (w.hdr.magic != frame_magic || w.hdr.size > (std::uint64_t{1} << 44)) {
+    if (!w.in.have_header) {
+      if (w.in.ring.readable() < sizeof(frame_header)) break;
+      w.in.ring.read_some(reinterpret_cast<char*>(&w.in.hdr), sizeof w.in.hdr);
+      w.in.have_header = true;
+      w.in.got = 0;
+      if (w.in.hdr.magic != frame_magic || w.in.hdr.size > (std::uint64_t{1} << 44)) {
         // Corrupted stream: the worker is unusable. Kill it; on_death requeues.
         send_signal(w.pid, SIGKILL);
         w.corrupt = true;
         return progress;
       }
-      w.body.clear();
+      w.in.body.clear();
       progress = true;
     }
-    const std::size_t size = static_cast<std::size_t>(w.hdr.size);
-    if (w.got == 0 && w.hdr.kind == static_cast<std::uint32_t>(frame_kind::results) &&
-        size >= sizeof(result_header) && w.results.readable() >= size) {
+    const std::size_t size = static_cast<std::size_t>(w.in.hdr.size);
+    if (w.in.got == 0 && w.in.hdr.kind == static_cast<std::uint32_t>(frame_kind::results) &&
+        size >= sizeof(result_header) && w.in.ring.readable() >= size) {
       // The whole answer is in the ring: read it where it lies instead of
       // copying it out first (for map over small items, half the parent's copying).
-      const auto sp = w.results.spans(size);
+      const auto sp = w.in.ring.spans(size);
       bool done = false;
       if (sp.nb == 0) {
         // As on the copying path: the message is gone from the ring whatever
         // on_message throws, so it is never read twice.
-        w.have_header = false;
+        w.in.have_header = false;
         try {
           on_message(w, sp.a, size);
         } catch (...) {
-          w.results.consume(size);
+          w.in.ring.consume(size);
           shared_of(w)->worker_ev.notify();
           throw;
         }
@@ -522,29 +398,29 @@ inline bool engine::drain(worker& w) {
         done = place_wrapped(w, sp);  // else: copied out below, as any other message
       }
       if (done) {
-        w.have_header = false;
-        w.results.consume(size);
+        w.in.have_header = false;
+        w.in.ring.consume(size);
         shared_of(w)->worker_ev.notify();  // space freed
         progress = true;
-        if (w.pid == 0 || w.corrupt) break;  // killed: nothing more of it is trusted
+        if (!w.connected()) break;  // killed: nothing more of it is trusted
         continue;
       }
     }
-    if (w.got < size) {
+    if (w.in.got < size) {
       // Grow with what has arrived, not to the claimed size at once: a corrupted
       // header must not make the parent allocate terabytes.
-      const std::size_t avail = std::min(size - w.got, w.results.readable());
+      const std::size_t avail = std::min(size - w.in.got, w.in.ring.readable());
       if (avail == 0) break;
-      w.body.resize(w.got + avail);
-      const std::size_t n = w.results.read_some(w.body.data() + w.got, avail);
-      w.got += n;
+      w.in.body.resize(w.in.got + avail);
+      const std::size_t n = w.in.ring.read_some(w.in.body.data() + w.in.got, avail);
+      w.in.got += n;
       progress = true;
     }
     shared_of(w)->worker_ev.notify();  // space freed
-    if (w.got < size) break;
-    w.have_header = false;
-    on_message(w, w.body.data(), w.body.size());
-    if (w.pid == 0 || w.corrupt) break;
+    if (w.in.got < size) break;
+    w.in.have_header = false;
+    on_message(w, w.in.body.data(), w.in.body.size());
+    if (!w.connected()) break;
   }
   return progress;
 }
@@ -552,13 +428,8 @@ inline bool engine::drain(worker& w) {
 /// Takes the chunk a results message answers off @p w's in-flight list, and
 /// notes how long it took.
 inline chunk engine::take_answered(worker& w) {
-  chunk c = std::move(w.inflight.front());
-  w.inflight.pop_front();
-  --w.sent;
-  const std::int64_t now = monotonic_ns();
-  w.last_chunk_ns = now - std::max(c.sent_ns, w.last_result_ns);
-  w.last_chunk_items = c.count();
-  w.last_result_ns = now;
+  chunk c = w.out.pop_answered();
+  w.timing.answered(c.sent_ns, c.count(), monotonic_ns());
   return c;
 }
 
@@ -566,10 +437,10 @@ inline chunk engine::take_answered(worker& w) {
 /// end of the ring: its two pieces are copied straight into the job's results.
 /// False when the message is anything else (then it is copied out and parsed).
 inline bool engine::place_wrapped(worker& w, const byte_ring::pieces& sp) {
-  if (w.inflight.empty() || w.sent == 0) return false;
+  if (!w.out.answer_due()) return false;
   result_header rh;
   sp.copy(0, &rh, sizeof rh);
-  const chunk& front = w.inflight.front();
+  const chunk& front = w.out.front();
   const std::size_t size = sp.na + sp.nb;
   if (rh.seq != front.seq || rh.count != front.count() || rh.errors != 0 || rh.errors_at != size)
     return false;
@@ -588,9 +459,9 @@ inline bool engine::place_wrapped(worker& w, const byte_ring::pieces& sp) {
 }
 
 inline void engine::on_message(worker& w, const char* body, std::size_t size) {
-  switch (static_cast<frame_kind>(w.hdr.kind)) {
+  switch (static_cast<frame_kind>(w.in.hdr.kind)) {
     case frame_kind::results: {
-      if (w.inflight.empty() || w.sent == 0) {
+      if (!w.out.answer_due()) {
         send_signal(w.pid, SIGKILL);  // an answer to nothing: the stream is corrupt
         w.corrupt = true;
         break;
@@ -657,13 +528,12 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
       // The answer to a chunk taken back (take_back): its placeholder goes.
       std::uint64_t seq = 0;
       if (size == sizeof seq) std::memcpy(&seq, body, sizeof seq);
-      if (w.sent == 0 || !w.inflight.front().revoked || w.inflight.front().seq != seq) {
+      if (!w.out.answer_due() || !w.out.front().revoked || w.out.front().seq != seq) {
         send_signal(w.pid, SIGKILL);  // not what we took back: the stream is corrupt
         w.corrupt = true;
         break;
       }
-      w.inflight.pop_front();
-      --w.sent;
+      w.out.pop_answered();
       break;
     }
     case frame_kind::bye: {
@@ -710,7 +580,7 @@ inline bool engine::next_chunk(worker& w, chunk& c) {
     try {
       const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
       const std::size_t max = chunk_items(j.chunksize, j.guided, left, workers_.size(),
-                                          min_chunk_items(w.last_chunk_ns, w.last_chunk_items));
+                                          min_chunk_items(w.timing.last_chunk_ns, w.timing.last_chunk_items));
       n = j.next_items(c.msg, c.offsets, c.stride, std::min(limit, max), c.base);
     } catch (...) {
       // Reading or encoding this job's input failed (its iterator or a
@@ -753,17 +623,17 @@ inline bool engine::dispatch() {
 
 /// Queues chunks to @p w up to its depth (scheduler.hpp: queue_depth).
 inline bool engine::fill(worker& w) {
-  if (w.pid == 0 || w.stop_queued) return false;
+  if (w.pid == 0 || w.out.stop_queued()) return false;
   // The depth follows how long its last chunk took. A chunk or express call
   // running now counts with the time it has taken so far, once that says
   // "not quick" or the worker has a history: a chunk sent a moment ago to a
   // fresh worker says nothing yet.
   const std::int64_t now = monotonic_ns();
-  std::int64_t took = w.last_chunk_ns;
+  std::int64_t took = w.timing.last_chunk_ns;
   const auto running_for = [&](std::int64_t ran) {
     if (took >= 0 || ran >= quick_chunk_ns) took = std::max(took, ran);
   };
-  if (!w.inflight.empty()) running_for(now - w.inflight.front().sent_ns);
+  if (!w.out.empty()) running_for(now - w.out.front().sent_ns);
   // The queues do not see express calls: a long one keeps queued work off
   // this worker while another may be free.
   const std::int64_t express_since = lane_.running_since(static_cast<std::uint32_t>(w.index));
@@ -773,36 +643,29 @@ inline bool engine::fill(worker& w) {
   // Big chunks are held back too: a new chunk is queued only while those a
   // worker has (sent, running or waiting) take under two rings' worth; more
   // would only wait in the parent's memory (encoded, and kept for a retry).
-  std::size_t queued_bytes = 0;
-  for (const chunk& q : w.inflight) queued_bytes += q.msg.size();
+  std::size_t queued_bytes = w.out.queued_bytes();
   bool progress = false;
-  while (w.inflight.size() + express_busy < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
+  while (w.out.size() + express_busy < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
     chunk c;
     if (!next_chunk(w, c)) {
       recycle(std::move(c.msg));  // a spare it took for nothing
       break;
     }
-    c.seq = next_seq_++;
-    c.sent_ns = monotonic_ns();
-    c.claim = w.next_claim++ % claim_board::words;
-    c.revoked = false;
-    shared_of(w)->claims.post(c.claim, c.seq);
-    task_message::seal(c.msg, {c.owner->runner, c.seq, c.count(), c.claim});
     w.budget -= c.count();
     queued_bytes += c.msg.size();
-    w.inflight.push_back(std::move(c));
+    w.out.push(std::move(c), next_seq_++, monotonic_ns(), shared_of(w)->claims);
     progress = true;
   }
-  if (w.budget == 0) w.stop_queued = true;  // max_tasks_per_child reached: retire
+  if (w.budget == 0) w.out.queue_stop();  // max_tasks_per_child reached: retire
   return progress;
 }
 
 /// True when @p w could run something now and has nothing: no chunk queued or
 /// running, no express call posted or running.
 inline bool engine::is_idle(const worker& w) const {
-  if (w.pid == 0 || w.corrupt || w.dying || w.stop_queued || w.budget == 0) return false;
+  if (!w.connected() || w.dying || w.out.stop_queued() || w.budget == 0) return false;
   const auto index = static_cast<std::uint32_t>(w.index);
-  return w.inflight.empty() && !lane_.running_since(index) && !lane_.has_posted(index);
+  return w.out.empty() && !lane_.running_since(index) && !lane_.has_posted(index);
 }
 
 /// What @p w has queued and not started (express calls posted to it included).
@@ -811,8 +674,7 @@ inline worker_load engine::load_of(const worker& w) const {
   l.idle = is_idle(w);
   if (w.pid == 0 || w.corrupt || w.dying) return l;
   const worker_shared* s = shared_of(w);
-  for (const chunk& c : w.inflight)
-    if (!c.revoked && !s->claims.is_started(c.claim, c.seq)) l.add_unstarted(c.sent_ns);
+  w.out.count_unstarted(s->claims, l);
   lane_.count_posted(static_cast<std::uint32_t>(w.index), l);
   return l;
 }
@@ -858,52 +720,15 @@ inline bool engine::take_back(worker& w) {
     }
     return true;
   }
-  worker_shared* s = shared_of(w);
-  for (std::size_t i = 0; i < w.inflight.size(); ++i) {
-    chunk& c = w.inflight[i];
-    if (c.revoked) continue;
-    const bool unwritten = i > w.sent || (i == w.sent && w.send_off == 0);
-    if (i == w.sent && !unwritten) continue;  // partly written: it goes out whole
-    if (!unwritten && !s->claims.revoke(c.claim, c.seq)) continue;  // started
-    chunk moved = std::move(c);
-    if (w.budget != std::numeric_limits<std::size_t>::max()) w.budget += moved.count();
-    if (unwritten) {
-      w.inflight.erase(w.inflight.begin() + static_cast<std::ptrdiff_t>(i));
-    } else {
-      // The worker will read it and say it skipped it; until then its place
-      // in the answer order is held.
-      c = chunk();
-      c.seq = moved.seq;
-      c.claim = moved.claim;
-      c.sent_ns = moved.sent_ns;
-      c.revoked = true;
-    }
-    requeued_.push_front(std::move(moved));
-    return true;
-  }
-  return false;
+  std::optional<chunk> moved = w.out.take_back(shared_of(w)->claims);
+  if (!moved) return false;
+  if (w.budget != std::numeric_limits<std::size_t>::max()) w.budget += moved->count();
+  requeued_.push_front(std::move(*moved));
+  return true;
 }
 
 inline void engine::flush(worker& w) {
-  if (w.pid == 0) return;
-  bool wrote = false;
-  while (w.sent < w.inflight.size()) {
-    const byte_buffer& m = w.inflight[w.sent].msg;
-    if (w.send_off == 0) w.tasks.grow_for(m.size());
-    const std::size_t n = w.tasks.write_some(m.data() + w.send_off, m.size() - w.send_off);
-    wrote |= n > 0;
-    w.send_off += n;
-    if (w.send_off < m.size()) break;
-    ++w.sent;
-    w.send_off = 0;
-  }
-  if (w.stop_queued && !w.stop_sent && w.sent == w.inflight.size() &&
-      w.tasks.writable() >= sizeof(frame_header)) {
-    const frame_header h{frame_magic, static_cast<std::uint32_t>(frame_kind::stop), 0};
-    w.tasks.write_some(reinterpret_cast<const char*>(&h), sizeof h);
-    w.stop_sent = wrote = true;
-  }
-  if (wrote) shared_of(w)->worker_ev.notify();
+  if (w.pid != 0 && w.out.flush()) shared_of(w)->worker_ev.notify();
 }
 
 inline bool engine::check_workers() {
@@ -990,8 +815,8 @@ inline void engine::on_death(worker& w, int exitcode) {
                                requeue_cell(t);
                            });
   // Its chunks, requeued in order at the front, so that imap's order suffers least.
-  std::deque<chunk> mine = std::move(w.inflight);
-  w.inflight.clear();
+  std::deque<chunk> mine = std::move(w.out.chunks());
+  w.out.chunks().clear();
   for (auto it = mine.rbegin(); it != mine.rend(); ++it) {
     chunk& c = *it;
     const chunk_verdict v =
@@ -1041,7 +866,7 @@ inline void engine::abort_all(const std::exception_ptr& e) {
   for (auto& j : jobs_)
     if (!j->complete()) j->abort(e);
   for (auto& w : workers_)
-    for (auto& c : w.inflight)
+    for (auto& c : w.out.chunks())
       if (c.owner) c.owner->abort(e);
   for (auto& c : requeued_) c.owner->abort(e);
   jobs_.clear();
@@ -1057,7 +882,7 @@ inline void engine::break_pool(std::exception_ptr e) {
 inline bool engine::all_done() const {
   if (!jobs_.empty() || !requeued_.empty() || !lane_.all_settled()) return false;
   for (const auto& w : workers_)
-    if (!w.inflight.empty()) return false;
+    if (!w.out.empty()) return false;
   return true;
 }
 
@@ -1084,7 +909,7 @@ inline void engine::join() {
     for (auto& w : workers_) {
       if (w.pid == 0) continue;
       alive = true;
-      w.stop_queued = true;  // the driving thread's next dispatch() sends it
+      w.out.queue_stop();  // the driving thread's next dispatch() sends it
     }
     return !alive;
   });
@@ -1112,7 +937,7 @@ inline void engine::terminate() noexcept {
   const auto e = std::make_exception_ptr(
       pool_terminated("procpool::Pool: the pool was terminated before this item finished"));
   abort_all(e);
-  for (auto& w : workers_) w.inflight.clear();
+  for (auto& w : workers_) w.out.chunks().clear();
   // Cells still waiting for their (now dead) workers; a cell posted after
   // this is failed by its caller's wait (express_settled).
   for (auto& w : workers_)
