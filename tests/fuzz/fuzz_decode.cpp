@@ -82,15 +82,15 @@ struct shm_tag {
 struct cap_tag {
   friend auto stolen(cap_tag);
 };
-struct requeued_tag {
-  friend auto stolen(requeued_tag);
+struct disp_tag {
+  friend auto stolen(disp_tag);
 };
 template struct steal<workers_tag, &pd::engine::workers_>;
 template struct steal<drain_tag, &pd::engine::drain>;
 template struct steal<broken_tag, &pd::engine::broken_>;
 template struct steal<shm_tag, &pd::engine::shm_>;
 template struct steal<cap_tag, &pd::engine::cap_>;
-template struct steal<requeued_tag, &pd::engine::requeued_>;
+template struct steal<disp_tag, &pd::engine::disp_>;
 
 // ------------------------------------------------ types decoded
 
@@ -211,7 +211,7 @@ struct harness {
     w.in.body.clear();
     w.pid = zombie;
     eng->*stolen(broken_tag{}) = nullptr;
-    (eng->*stolen(requeued_tag{})).clear();
+    (eng->*stolen(disp_tag{})).abort_all(std::make_exception_ptr(std::runtime_error("reset")));
   }
 
   /// Writes bytes as the worker would, into its result ring.

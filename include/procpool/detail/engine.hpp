@@ -30,6 +30,7 @@
 #include "../process.hpp"
 #include "buffer.hpp"
 #include "death_verdict.hpp"
+#include "dispatcher.hpp"
 #include "driver.hpp"
 #include "event_watch.hpp"
 #include "express_lane.hpp"
@@ -113,7 +114,6 @@ class engine {
 
   using worker = worker_link;
 
-
   /// The number of workers @p opts asks for; @throws usage_error for options
   /// out of range (before anything is mapped or forked).
   static std::size_t checked_workers(const pool_options& opts);
@@ -128,17 +128,6 @@ class engine {
   void on_message(worker& w, const char* body, std::size_t size);
   chunk take_answered(worker& w);
   bool place_wrapped(worker& w, const byte_ring::pieces& sp);
-  // Sending, as scheduler.hpp says.
-  bool dispatch();
-  bool fill(worker& w);
-  bool next_chunk(worker& w, chunk& c);
-  bool rebalance();
-  bool is_idle(const worker& w) const;
-  worker_load load_of(const worker& w) const;
-  bool take_back(worker& w);
-  void flush(worker& w);
-  void requeue(const chunk& c, std::uint64_t from, std::uint64_t to);
-  void recycle(byte_buffer&& msg);
   // Deaths and the end.
   bool check_workers();  // true if it killed or reaped a worker
   void on_death(worker& w, int exitcode);
@@ -157,15 +146,10 @@ class engine {
   pid_t parent_pid_;
   shared_region shm_;
   express_lane lane_;
+  dispatcher disp_;  // the send path: jobs and chunks waiting for workers
   std::vector<worker> workers_;
-  std::deque<std::shared_ptr<job>> jobs_;
-  std::deque<chunk> requeued_;
-  std::vector<byte_buffer> spare_msgs_;  // answered chunks' buffers, for the next chunks
-  std::uint64_t next_seq_ = 1;
   unsigned deaths_before_ready_ = 0;  // in a row (see max_deaths_before_ready)
   std::int64_t next_check_ = 0;
-  std::int64_t steal_retry_at_ = std::numeric_limits<std::int64_t>::max();  // see rebalance()
-  std::vector<worker_load> loads_;  // rebalance()'s view of the workers, kept for its memory
   std::int64_t last_progress_ns_ = 0;  // when a pump round last moved anything
   phase phase_ = phase::running;
   std::exception_ptr broken_;  // set when the pool can run nothing more
@@ -196,6 +180,7 @@ inline engine::engine(const pool_options& opts, void* fn)
       parent_pid_(current_pid()),
       shm_(checked_workers(opts), cap_),
       lane_(shm_, checked_workers(opts), opts.max_tasks_per_child == 0 && opts.retries == 0),
+      disp_(shm_, lane_, cap_, [this] { drv_.notify_followers(); }),
       drv_(shm_.pool()->parent_ev) {
   // In nanoseconds, saturated: a limit past ~292 years means "none in practice".
   constexpr auto ns_per_ms = std::int64_t{1'000'000};
@@ -261,7 +246,7 @@ inline void engine::submit(const std::shared_ptr<job>& j) {
   check_owner();  // before the lock: a forked copy of it may be held for ever
   std::unique_lock lk(m_);
   throw_if_unusable();
-  jobs_.push_back(j);
+  disp_.add(j);
   drv_.round_or_poke([this] { pump(); });
 }
 
@@ -283,7 +268,7 @@ bool engine::run_until(Done done, std::int64_t deadline) {
       },
       deadline, [this] { return pump(); },
       [&](std::uint64_t gen) {
-        watch.arm(gen, last_progress_ns_, std::min(next_check_, steal_retry_at_), workers_);
+        watch.arm(gen, last_progress_ns_, std::min(next_check_, disp_.steal_retry_at()), workers_);
       },
       [&](std::int64_t until) { return watch.wait(until, drv_, *shm_.pool()); });
 }
@@ -327,11 +312,7 @@ inline void engine::requeue_cell(const express_ticket& t) {
     return;
   }
   lane_.mark_requeued(t);
-  try {
-    jobs_.push_front(std::make_shared<cell_job>(lane_, t, [this] { drv_.notify_followers(); }));
-  } catch (...) {
-    fail_cell(t, std::current_exception());
-  }
+  disp_.add_cell(t);
 }
 
 // ---------------------------------------------------------------- driving
@@ -342,7 +323,10 @@ inline bool engine::pump() {
   if (phase_ == phase::terminated || phase_ == phase::joined) return false;
   bool progress = false;
   for (auto& w : workers_) progress |= drain(w);
-  progress |= dispatch();
+  if (broken_)
+    disp_.flush_all(workers_);  // stop frames still go out (join)
+  else
+    progress |= disp_.run(workers_);
   const std::int64_t now = monotonic_ns();
   if (progress) last_progress_ns_ = now;
   if (now >= next_check_) {
@@ -454,7 +438,7 @@ inline bool engine::place_wrapped(worker& w, const byte_ring::pieces& sp) {
   chunk c = take_answered(w);
   sp.copy(sizeof rh, dst, size - sizeof rh);
   c.owner->outstanding -= c.count();
-  recycle(std::move(c.msg));
+  disp_.recycle(std::move(c.msg), workers_.size());
   return true;
 }
 
@@ -513,7 +497,7 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
         }
       }
       c.owner->outstanding -= c.count();
-      recycle(std::move(c.msg));
+      disp_.recycle(std::move(c.msg), workers_.size());
       break;
     }
     case frame_kind::init_failed: {
@@ -549,188 +533,6 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
   }
 }
 
-inline bool engine::next_chunk(worker& w, chunk& c) {
-  const std::size_t limit = w.budget;
-  if (!requeued_.empty()) {
-    chunk& r = requeued_.front();
-    if (r.count() <= limit) {
-      c = std::move(r);
-      requeued_.pop_front();
-    } else {
-      // Split to fit the worker's remaining budget.
-      c = r.slice(0, limit, r.attempts);
-      r = r.slice(limit, r.count(), r.attempts);
-    }
-    return true;
-  }
-  for (auto it = jobs_.begin(); it != jobs_.end();) {
-    job& j = **it;
-    if (j.aborted || j.input_done()) {
-      it = jobs_.erase(it);
-      continue;
-    }
-    if (c.msg.capacity() == 0 && !spare_msgs_.empty()) {
-      c.msg = std::move(spare_msgs_.back());
-      spare_msgs_.pop_back();
-    }
-    task_message::begin(c.msg);
-    c.offsets.clear();
-    c.stride = 0;
-    std::size_t n = 0;
-    try {
-      const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
-      const std::size_t max = chunk_items(j.chunksize, j.guided, left, workers_.size(),
-                                          min_chunk_items(w.timing.last_chunk_ns, w.timing.last_chunk_items));
-      n = j.next_items(c.msg, c.offsets, c.stride, std::min(limit, max), c.base);
-    } catch (...) {
-      // Reading or encoding this job's input failed (its iterator or a
-      // serialize() threw): that job fails, not whichever caller is driving.
-      j.input_failed(std::current_exception());
-      it = jobs_.erase(it);
-      continue;
-    }
-    if (n == 0) {
-      ++it;
-      continue;
-    }
-    c.n = n;
-    if (!c.stride) c.offsets.push_back(static_cast<std::uint32_t>(task_message::items_size(c.msg)));
-    c.owner = *it;
-    c.attempts = 0;
-    j.outstanding += n;
-    j.handed += n;
-    return true;
-  }
-  return false;
-}
-
-inline bool engine::dispatch() {
-  if (broken_) {
-    for (auto& w : workers_) flush(w);  // stop frames still go out (join)
-    return false;
-  }
-  // Workers in order, each queued up to its depth: a stream of tiny tasks stays
-  // with the first worker, which keeps spinning for the next one, while the
-  // rest sleep (on 2 cores, spreading tiny tasks puts three spinners on two
-  // CPUs). Then a worker left with nothing takes over what another has queued
-  // and not started (see scheduler.hpp).
-  bool progress = false;
-  for (auto& w : workers_) progress |= fill(w);
-  progress |= rebalance();
-  for (auto& w : workers_) flush(w);
-  return progress;
-}
-
-/// Queues chunks to @p w up to its depth (scheduler.hpp: queue_depth).
-inline bool engine::fill(worker& w) {
-  if (w.pid == 0 || w.out.stop_queued()) return false;
-  // The depth follows how long its last chunk took. A chunk or express call
-  // running now counts with the time it has taken so far, once that says
-  // "not quick" or the worker has a history: a chunk sent a moment ago to a
-  // fresh worker says nothing yet.
-  const std::int64_t now = monotonic_ns();
-  std::int64_t took = w.timing.last_chunk_ns;
-  const auto running_for = [&](std::int64_t ran) {
-    if (took >= 0 || ran >= quick_chunk_ns) took = std::max(took, ran);
-  };
-  if (!w.out.empty()) running_for(now - w.out.front().sent_ns);
-  // The queues do not see express calls: a long one keeps queued work off
-  // this worker while another may be free.
-  const std::int64_t express_since = lane_.running_since(static_cast<std::uint32_t>(w.index));
-  if (express_since) running_for(now - express_since);
-  const std::size_t express_busy = express_since ? 1 : 0;
-  const std::size_t depth = queue_depth(took);
-  // Big chunks are held back too: a new chunk is queued only while those a
-  // worker has (sent, running or waiting) take under two rings' worth; more
-  // would only wait in the parent's memory (encoded, and kept for a retry).
-  std::size_t queued_bytes = w.out.queued_bytes();
-  bool progress = false;
-  while (w.out.size() + express_busy < depth && w.budget > 0 && queued_bytes < 2 * cap_) {
-    chunk c;
-    if (!next_chunk(w, c)) {
-      recycle(std::move(c.msg));  // a spare it took for nothing
-      break;
-    }
-    w.budget -= c.count();
-    queued_bytes += c.msg.size();
-    w.out.push(std::move(c), next_seq_++, monotonic_ns(), shared_of(w)->claims);
-    progress = true;
-  }
-  if (w.budget == 0) w.out.queue_stop();  // max_tasks_per_child reached: retire
-  return progress;
-}
-
-/// True when @p w could run something now and has nothing: no chunk queued or
-/// running, no express call posted or running.
-inline bool engine::is_idle(const worker& w) const {
-  if (!w.connected() || w.dying || w.out.stop_queued() || w.budget == 0) return false;
-  const auto index = static_cast<std::uint32_t>(w.index);
-  return w.out.empty() && !lane_.running_since(index) && !lane_.has_posted(index);
-}
-
-/// What @p w has queued and not started (express calls posted to it included).
-inline worker_load engine::load_of(const worker& w) const {
-  worker_load l;
-  l.idle = is_idle(w);
-  if (w.pid == 0 || w.corrupt || w.dying) return l;
-  const worker_shared* s = shared_of(w);
-  w.out.count_unstarted(s->claims, l);
-  lane_.count_posted(static_cast<std::uint32_t>(w.index), l);
-  return l;
-}
-
-/// Gives each idle worker a chunk (or express call) that another worker holds
-/// and has not started (scheduler.hpp: pick_donor). A move that must wait sets
-/// steal_retry_at_, when the driver looks again.
-inline bool engine::rebalance() {
-  steal_retry_at_ = std::numeric_limits<std::int64_t>::max();
-  if (workers_.size() < 2) return false;
-  bool progress = false;
-  std::vector<worker_load>& loads = loads_;
-  loads.clear();
-  for (auto& idle : workers_) {
-    if (!is_idle(idle)) continue;
-    if (loads.empty())
-      for (const auto& w : workers_) loads.push_back(load_of(w));
-    const int d = pick_donor(loads, monotonic_ns(), steal_retry_at_);
-    if (d < 0) break;  // nothing may move now, to any idle worker
-    worker& donor = workers_[static_cast<std::size_t>(d)];
-    if (!take_back(donor)) {
-      loads[static_cast<std::size_t>(d)] = load_of(donor);  // it started them meanwhile
-      continue;
-    }
-    progress = true;
-    fill(idle);  // takes it: next_chunk serves requeued_ (and cell jobs) first
-    loads[static_cast<std::size_t>(d)] = load_of(donor);
-    loads[idle.index] = load_of(idle);
-  }
-  return progress;
-}
-
-/// Takes back the first express call or chunk that @p w holds and has not
-/// started, for another worker: a cell goes through the queues (cell_job), a
-/// chunk to the front of requeued_. False when there was none to take.
-inline bool engine::take_back(worker& w) {
-  express_ticket t;
-  if (lane_.take_posted(static_cast<std::uint32_t>(w.index), t)) {
-    try {
-      jobs_.push_front(std::make_shared<cell_job>(lane_, t, [this] { drv_.notify_followers(); }));
-    } catch (...) {
-      fail_cell(t, std::current_exception());
-    }
-    return true;
-  }
-  std::optional<chunk> moved = w.out.take_back(shared_of(w)->claims);
-  if (!moved) return false;
-  if (w.budget != std::numeric_limits<std::size_t>::max()) w.budget += moved->count();
-  requeued_.push_front(std::move(*moved));
-  return true;
-}
-
-inline void engine::flush(worker& w) {
-  if (w.pid != 0 && w.out.flush()) shared_of(w)->worker_ev.notify();
-}
-
 inline bool engine::check_workers() {
   bool changed = false;
   const std::int64_t now = monotonic_ns();
@@ -762,24 +564,6 @@ inline bool engine::check_workers() {
     }
   }
   return changed;
-}
-
-/// Keeps an answered chunk's message buffer for a later chunk. Without this,
-/// each chunk of big items (a 1 MiB buffer, say) allocated its message afresh,
-/// and glibc returned the freed memory to the kernel and faulted it back in:
-/// up to 8,000 page faults per 256 MiB map, and half the bandwidth, depending
-/// on the order of frees. The pool keeps at most twice as many as it has
-/// workers, none bigger than two rings (bigger ones came from a huge item,
-/// and are given back). Kept until the pool is destroyed.
-inline void engine::recycle(byte_buffer&& msg) {
-  const std::size_t keep = 2 * workers_.size();
-  if (msg.capacity() == 0 || msg.capacity() > 2 * cap_ || spare_msgs_.size() >= keep) return;
-  spare_msgs_.push_back(std::move(msg));
-}
-
-/// Puts items [from, to) of @p c at the front of the requeue list.
-inline void engine::requeue(const chunk& c, std::uint64_t from, std::uint64_t to) {
-  if (from < to) requeued_.push_front(c.slice(from, to, c.attempts));
 }
 
 /// Worker @p w has ended. Reads what it finished, settles what it held as
@@ -826,7 +610,7 @@ inline void engine::on_death(worker& w, int exitcode) {
       case chunk_fate::elsewhere:
         break;
       case chunk_fate::requeued:
-        requeue(c, 0, c.count());
+        disp_.requeue(c, 0, c.count());
         break;
       case chunk_fate::lost:
         for (std::uint64_t i = 0; i < c.count(); ++i)
@@ -834,14 +618,14 @@ inline void engine::on_death(worker& w, int exitcode) {
         c.owner->outstanding -= c.count();
         break;
       case chunk_fate::blamed:
-        requeue(c, v.item + 1, c.count());
+        disp_.requeue(c, v.item + 1, c.count());
         if (v.retry) {
-          requeued_.push_front(c.slice(v.item, v.item + 1, c.attempts + 1));
+          disp_.retry(c.slice(v.item, v.item + 1, c.attempts + 1));
         } else {
           c.owner->fail(c.base + v.item, blamed(c.base + v.item));
           --c.owner->outstanding;
         }
-        requeue(c, 0, v.item);
+        disp_.requeue(c, 0, v.item);
         break;
     }
   }
@@ -863,14 +647,10 @@ inline void engine::on_death(worker& w, int exitcode) {
 /// Every unfinished call fails with @p e; the queues are emptied. A call that
 /// had finished keeps its results: they are its caller's.
 inline void engine::abort_all(const std::exception_ptr& e) {
-  for (auto& j : jobs_)
-    if (!j->complete()) j->abort(e);
+  disp_.abort_all(e);
   for (auto& w : workers_)
     for (auto& c : w.out.chunks())
       if (c.owner) c.owner->abort(e);
-  for (auto& c : requeued_) c.owner->abort(e);
-  jobs_.clear();
-  requeued_.clear();
 }
 
 inline void engine::break_pool(std::exception_ptr e) {
@@ -880,7 +660,7 @@ inline void engine::break_pool(std::exception_ptr e) {
 }
 
 inline bool engine::all_done() const {
-  if (!jobs_.empty() || !requeued_.empty() || !lane_.all_settled()) return false;
+  if (!disp_.empty() || !lane_.all_settled()) return false;
   for (const auto& w : workers_)
     if (!w.out.empty()) return false;
   return true;
@@ -900,7 +680,7 @@ inline void engine::join() {
     if (phase_ == phase::running)
       throw usage_error("procpool::Pool::join: call close() or terminate() first");
     if (phase_ != phase::closed) return;
-    for (auto& j : jobs_) j->lift_window();
+    disp_.lift_windows();
   }
   // Finish everything submitted, then stop the workers and reap them.
   run_until([this] {

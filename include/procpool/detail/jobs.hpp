@@ -86,11 +86,11 @@ class collect_job : public result_job<R> {
   /// @p expected: the number of items when known, to size the results once.
   explicit collect_job(std::size_t expected = 0) {
     values_.reserve(expected);
-    if constexpr (!std::is_same_v<slot_type, bool>)  // written as results come
-      advise_huge_pages(values_.data(), expected * sizeof(slot_type));
+    if constexpr (!std::is_same_v<kept_type, bool>)  // written as results come
+      advise_huge_pages(values_.data(), expected * sizeof(kept_type));
   }
 
-  using slot_type = std::conditional_t<std::default_initializable<R>, R, std::optional<R>>;
+  using kept_type = std::conditional_t<std::default_initializable<R>, R, std::optional<R>>;
 
   void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
                reader& values) override {
@@ -125,7 +125,7 @@ class collect_job : public result_job<R> {
                                  [](auto& a, auto& b) { return a.first < b.first; });
       std::rethrow_exception(it->second);
     }
-    if constexpr (std::is_same_v<slot_type, R>) {
+    if constexpr (std::is_same_v<kept_type, R>) {
       return std::move(values_);
     } else {
       std::vector<R> out;
@@ -147,7 +147,7 @@ class collect_job : public result_job<R> {
     for (std::size_t i = 0; i < err.size(); ++i) {
       if (err[i])
         out.emplace_back(err[i]);
-      else if constexpr (std::is_same_v<slot_type, R>)
+      else if constexpr (std::is_same_v<kept_type, R>)
         out.emplace_back(std::move(values_[i]));
       else
         out.emplace_back(std::move(*values_[i]));
@@ -169,7 +169,7 @@ class collect_job : public result_job<R> {
   void grow_to(std::uint64_t n) {
     if (values_.size() < n) values_.resize(static_cast<std::size_t>(n));
   }
-  std::vector<slot_type> values_;
+  std::vector<kept_type> values_;
   std::vector<std::pair<std::uint64_t, std::exception_ptr>> errors_;
   std::exception_ptr abort_error_;  // the pool was terminated or broke
 };
