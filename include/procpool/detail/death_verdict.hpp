@@ -27,13 +27,13 @@ struct death_blame {
   std::uint64_t item = 0;
 
   /// A timeout blames what the check saw; any other death, what the worker last wrote.
-  static death_blame of(bool timed_out, death_blame seen_by_check, death_blame last_written) {
+  static constexpr death_blame of(bool timed_out, death_blame seen_by_check, death_blame last_written) {
     return timed_out ? seen_by_check : last_written;
   }
-  bool ran_nothing() const noexcept { return seq == 0; }
+  constexpr bool ran_nothing() const noexcept { return seq == 0; }
   /// True when an express call is blamed; then cell() is its cell.
-  bool on_cell() const noexcept { return (seq & express_seq) != 0; }
-  std::uint32_t cell() const noexcept { return static_cast<std::uint32_t>(seq & ~express_seq); }
+  constexpr bool on_cell() const noexcept { return (seq & express_seq) != 0; }
+  constexpr std::uint32_t cell() const noexcept { return static_cast<std::uint32_t>(seq & ~express_seq); }
 };
 
 enum class chunk_fate {
