@@ -180,7 +180,6 @@ inline void send_signal(pid_t pid, int sig) {
   if (sys().kill(pid, sig) == -1 && errno != ESRCH) throw_errno("kill");
 }
 
-/// The number of CPUs online (Python's os.cpu_count()).
 inline std::atomic<pid_t>& pid_slot() noexcept {
   static std::atomic<pid_t> pid{0};
   return pid;
@@ -197,6 +196,7 @@ inline pid_t current_pid() noexcept {
   return registered ? pid_slot().load(std::memory_order_relaxed) : ::getpid();
 }
 
+/// The number of CPUs online (Python's os.cpu_count()).
 inline std::size_t cpu_count() noexcept {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<std::size_t>(n) : 1;
