@@ -4,6 +4,14 @@
 
 // Every system call procpool makes lives here: wrapped once, retried on EINTR,
 // failures thrown as std::system_error carrying errno. Linux only (futex, prctl).
+//
+// The seam for tests (fmt's FMT_SYSTEM, at run time): fork, waitpid and kill,
+// the calls whose failure the library must handle, go through sys(), a table
+// of function pointers that points at the real calls. A test points
+// syscall_hooks at a table of its own to make one fail (tests/test_syscalls.cpp).
+// A run-time switch, not a macro: every translation unit sees the same inline
+// functions (no ODR break), and a call costs one load and one indirect call.
+// Futexes and clocks stay out: they are hot, and the library ignores their errors.
 
 #include <atomic>
 #include <cerrno>
@@ -36,6 +44,25 @@
 #include <unistd.h>
 
 namespace procpool::detail {
+
+/// The system calls a test may replace. Each keeps the contract of the real
+/// call: -1 with errno set on failure.
+struct syscall_table {
+  pid_t (*fork)();
+  pid_t (*waitpid)(pid_t pid, int* status, int options);
+  int (*kill)(pid_t pid, int sig);
+};
+
+/// The real calls; a test copies this table and replaces the call it fails.
+inline constexpr syscall_table real_syscalls{&::fork, &::waitpid, &::kill};
+
+/// The table in use. A table installed here must outlive its installation;
+/// fork's hook runs with every signal blocked and stdout/stderr locked.
+inline constinit std::atomic<const syscall_table*> syscall_hooks{&real_syscalls};
+
+inline const syscall_table& sys() noexcept {
+  return *syscall_hooks.load(std::memory_order_acquire);
+}
 
 [[noreturn]] inline void throw_errno(const char* what) {
   throw std::system_error(errno, std::generic_category(), what);
@@ -142,7 +169,7 @@ inline std::string describe_exitcode(int exitcode) {
 /// waitpid(pid) retried on EINTR. With WNOHANG returns nullopt while the child runs.
 inline std::optional<int> wait_pid(pid_t pid, bool block) {
   int status = 0;
-  pid_t r = retry_eintr([&] { return ::waitpid(pid, &status, block ? 0 : WNOHANG); });
+  pid_t r = retry_eintr([&] { return sys().waitpid(pid, &status, block ? 0 : WNOHANG); });
   if (r == -1) throw_errno("waitpid");
   if (r == 0) return std::nullopt;
   return status;
@@ -150,10 +177,9 @@ inline std::optional<int> wait_pid(pid_t pid, bool block) {
 
 /// kill(pid, sig); a process that is already gone is not an error.
 inline void send_signal(pid_t pid, int sig) {
-  if (::kill(pid, sig) == -1 && errno != ESRCH) throw_errno("kill");
+  if (sys().kill(pid, sig) == -1 && errno != ESRCH) throw_errno("kill");
 }
 
-/// The number of CPUs online (Python's os.cpu_count()).
 inline std::atomic<pid_t>& pid_slot() noexcept {
   static std::atomic<pid_t> pid{0};
   return pid;
@@ -170,6 +196,7 @@ inline pid_t current_pid() noexcept {
   return registered ? pid_slot().load(std::memory_order_relaxed) : ::getpid();
 }
 
+/// The number of CPUs online (Python's os.cpu_count()).
 inline std::size_t cpu_count() noexcept {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<std::size_t>(n) : 1;
@@ -214,7 +241,7 @@ pid_t fork_with(ChildBody&& child_body) {
   // Flush while holding the locks: another thread cannot refill the buffers
   // between the flush and the fork (the child would print that text again).
   flush_stdio();
-  pid_t pid = ::fork();
+  pid_t pid = sys().fork();
   int saved = errno;
   ::funlockfile(stderr);
   ::funlockfile(stdout);

@@ -1,0 +1,489 @@
+// Failure paths reached through the system-call seam of detail/posix.hpp:
+// fork, waitpid and kill made to fail on purpose, so that what the library does
+// then (throw, clean up, break the pool with a clear error) is tested without
+// exhausting the machine's processes.
+//
+// Rules every test here keeps:
+//  * A hook is installed by a syscall_override in the test's scope and removed
+//    by its destructor, also when an assertion throws.
+//  * Children are procpool's (Process, Pool workers), which end with _exit.
+//  * Each test ends with no child left: waitpid(-1, WNOHANG) fails with ECHILD.
+//  * ctest's TIMEOUT bounds each test; a hang is a failure.
+
+#include <procpool/procpool.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <new>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+namespace detail = procpool::detail;
+
+/// Installs @p table as the system calls procpool makes, for the scope.
+class syscall_override {
+ public:
+  explicit syscall_override(const detail::syscall_table& table)
+      : table_(table), prev_(detail::syscall_hooks.exchange(&table_)) {}
+  ~syscall_override() { detail::syscall_hooks.store(prev_); }
+  syscall_override(const syscall_override&) = delete;
+  syscall_override& operator=(const syscall_override&) = delete;
+
+ private:
+  detail::syscall_table table_;
+  const detail::syscall_table* prev_;
+};
+
+// fork: the first forks_allowed calls fork; the rest fail with EAGAIN, as
+// fork does at RLIMIT_NPROC.
+std::atomic<int> forks_allowed{0};
+std::atomic<int> forks_failed{0};
+std::atomic<pid_t> last_forked{0};
+
+pid_t budgeted_fork() {
+  if (forks_allowed.fetch_sub(1) > 0) {
+    const pid_t pid = ::fork();
+    if (pid > 0) last_forked.store(pid);
+    return pid;
+  }
+  forks_failed.fetch_add(1);
+  errno = EAGAIN;
+  return -1;
+}
+
+/// Forks succeed @p allowed more times, then fail.
+detail::syscall_table fork_fails_after(int allowed) {
+  forks_allowed = allowed;
+  forks_failed = 0;
+  last_forked = 0;
+  detail::syscall_table t = detail::real_syscalls;
+  t.fork = budgeted_fork;
+  return t;
+}
+
+// waitpid: fails with waitpid_errno the first waitpid_failures times, then is real.
+std::atomic<int> waitpid_failures{0};
+std::atomic<int> waitpid_errno{0};
+std::atomic<int> waitpid_calls{0};
+
+pid_t failing_waitpid(pid_t pid, int* status, int options) {
+  waitpid_calls.fetch_add(1);
+  if (waitpid_failures.fetch_sub(1) > 0) {
+    errno = waitpid_errno.load();
+    return -1;
+  }
+  return ::waitpid(pid, status, options);
+}
+
+detail::syscall_table waitpid_fails(int times, int err) {
+  waitpid_failures = times;
+  waitpid_errno = err;
+  waitpid_calls = 0;
+  detail::syscall_table t = detail::real_syscalls;
+  t.waitpid = failing_waitpid;
+  return t;
+}
+
+// kill: always fails with kill_errno.
+std::atomic<int> kill_errno{0};
+
+int failing_kill(pid_t, int) {
+  errno = kill_errno.load();
+  return -1;
+}
+
+detail::syscall_table kill_fails(int err) {
+  kill_errno = err;
+  detail::syscall_table t = detail::real_syscalls;
+  t.kill = failing_kill;
+  return t;
+}
+
+/// True when this process has no child, running or zombie.
+bool no_children() {
+  errno = 0;
+  return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
+}
+
+/// The state letter of /proc/<pid>/stat ('R', 'S', 'Z', ...); 0 when gone.
+char proc_state(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s;
+  if (!f || !std::getline(f, s)) return 0;
+  const auto rp = s.rfind(')');
+  if (rp == std::string::npos || rp + 2 >= s.size()) return 0;
+  return s[rp + 2];
+}
+
+/// Waits up to 10 s for child @p pid to be dead and reapable; does not reap it.
+/// (Not /proc's 'Z': a thread group leader shows it while its other threads,
+/// a sanitizer's say, still exit, and waitpid does not report it yet.)
+bool wait_zombie(pid_t pid) {
+  const auto t0 = clk::now();
+  for (;;) {
+    siginfo_t si{};
+    if (::waitid(P_PID, static_cast<id_t>(pid), &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        si.si_pid == pid)
+      return true;
+    if (clk::now() - t0 > 10s) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+}
+
+double ms_since(clk::time_point t0) {
+  return std::chrono::duration<double, std::milli>(clk::now() - t0).count();
+}
+
+/// The what() of the procpool::error that @p fn throws; "(no error)" or
+/// "(another exception)" otherwise.
+std::string pool_error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const procpool::error& e) {
+    return e.what();
+  } catch (...) {
+    return "(another exception)";
+  }
+  return "(no error)";
+}
+
+constexpr const char* replacement_failed = "could not start a replacement worker";
+
+/// An object in MAP_SHARED anonymous memory, mapped before the pool forks, so
+/// that workers and the test see the same bytes.
+template <class T>
+class shared {
+ public:
+  shared() {
+    void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
+    p_ = new (p) T();
+  }
+  ~shared() {
+    p_->~T();
+    ::munmap(p_, sizeof(T));
+  }
+  shared(const shared&) = delete;
+  shared& operator=(const shared&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_;
+};
+
+/// Items of at least slow_from sleep 20 ms in the worker.
+constexpr int slow_from = 1000;
+struct twice {
+  template <class T>
+  T operator()(T x) const {
+    if constexpr (std::is_same_v<T, int>)
+      if (x >= slow_from) std::this_thread::sleep_for(20ms);
+    return x + x;
+  }
+};
+
+std::vector<int> slow_items(int n) {
+  std::vector<int> v;
+  for (int i = 0; i < n; ++i) v.push_back(slow_from + i);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("Process::start when fork fails: system_error EAGAIN, nothing left, can start later",
+          "[syscalls][fork][process]") {
+  REQUIRE(no_children());
+  sigset_t mask_before, mask_after;
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &mask_before);
+  // Run in this process (a failed fork taken for the child), the callable
+  // aborts: an _exit(0) here would end the test as if it had passed.
+  const pid_t self = ::getpid();
+  procpool::Process p([self] {
+    if (::getpid() == self) std::abort();
+  });
+  {
+    syscall_override fail(fork_fails_after(0));
+    try {
+      p.start();
+      FAIL("start() did not throw");
+    } catch (const std::system_error& e) {
+      CHECK(e.code().value() == EAGAIN);
+      CHECK(e.code() == std::errc::resource_unavailable_try_again);
+      CHECK(std::string(e.what()).find("fork") != std::string::npos);
+    }
+    CHECK(forks_failed == 1);
+  }
+  CHECK(p.pid() == 0);
+  CHECK_FALSE(p.is_alive());
+  CHECK_FALSE(p.exitcode());
+  CHECK(no_children());
+  // fork_with left the caller as it found it: its signal mask, and stdio unlocked.
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &mask_after);
+  for (int sig = 1; sig < NSIG; ++sig) {
+    INFO("signal " << sig);
+    CHECK(::sigismember(&mask_before, sig) == ::sigismember(&mask_after, sig));
+  }
+  bool out_free = false, err_free = false;
+  std::thread([&] {  // another thread: the locks are recursive for their owner
+    if ((out_free = ::ftrylockfile(stdout) == 0)) ::funlockfile(stdout);
+    if ((err_free = ::ftrylockfile(stderr) == 0)) ::funlockfile(stderr);
+  }).join();
+  CHECK(out_free);
+  CHECK(err_free);
+  // The seam removed, the same Process starts.
+  p.start();
+  CHECK(p.pid() > 0);
+  p.join();
+  CHECK(p.exitcode() == 0);
+  CHECK(no_children());
+}
+
+TEST_CASE("Pool construction when a fork fails kills and reaps the workers already forked",
+          "[syscalls][fork][pool]") {
+  REQUIRE(no_children());
+  for (int allowed : {0, 1, 2}) {
+    INFO("forks that succeed before the failing one: " << allowed);
+    pid_t forked = 0;
+    {
+      syscall_override fail(fork_fails_after(allowed));
+      try {
+        procpool::Pool pool(twice{}, 3);
+        FAIL("the Pool was built");
+      } catch (const std::system_error& e) {
+        CHECK(e.code().value() == EAGAIN);
+      }
+      CHECK(forks_failed == 1);
+      forked = last_forked;
+    }
+    CHECK((forked != 0) == (allowed > 0));
+    if (forked) CHECK(proc_state(forked) == 0);  // reaped, not a zombie
+    CHECK(no_children());
+  }
+  // The seam removed, a pool builds.
+  procpool::Pool pool(twice{}, 2);
+  CHECK(pool.map(std::vector<int>{1, 2}) == std::vector<int>{2, 4});
+}
+
+TEST_CASE("a worker killed between calls while forks fail breaks the pool: could not start a "
+          "replacement worker",
+          "[syscalls][fork][pool][replacement]") {
+  REQUIRE(no_children());
+  {
+    procpool::Pool pool(twice{}, 2);
+    CHECK(pool.map(std::vector<int>{1, 2}) == std::vector<int>{2, 4});
+    syscall_override fail(fork_fails_after(0));
+    const auto pids = pool.pids();
+    REQUIRE(pids.size() == 2);
+    ::kill(pids[0], SIGKILL);
+    REQUIRE(wait_zombie(pids[0]));
+
+    const auto t0 = clk::now();
+    const std::string what = pool_error_of([&] { pool.map(slow_items(20), {.chunksize = 1}); });
+    INFO("the error: " << what);
+    CHECK(what.find(replacement_failed) != std::string::npos);
+    CHECK(what.find("fork") != std::string::npos);  // the system_error's text
+    CHECK(ms_since(t0) < 5000.0);
+    CHECK(forks_failed >= 1);
+
+    // Later calls say the same, at once.
+    CHECK(pool_error_of([&] { pool.map(std::vector<int>{1}); }) == what);
+    CHECK(pool_error_of([&] { pool.apply_async(1).get(); }) == what);
+    CHECK(pool_error_of([&] { pool.apply_async(std::string("x")).get(); }) == what);
+    CHECK(pool.pids() == std::vector<pid_t>{pids[1]});
+  }
+  CHECK(no_children());
+}
+
+TEST_CASE("results finished before the pool broke stay the caller's, express lane included",
+          "[syscalls][fork][pool][replacement]") {
+  REQUIRE(no_children());
+  {
+    procpool::Pool pool(twice{}, 2);
+    auto str = pool.apply_async(std::string("ab"));  // a job
+    auto all = pool.map_async(std::vector<int>{1, 2, 3});
+    // An express call: one is taken soon after the workers start polling.
+    std::optional<procpool::async_result<int>> num;
+    int num_arg = 0;
+    for (int i = 0; i < 2000 && !num; ++i) {
+      auto r = pool.apply_async(i);
+      if (r.express()) {
+        num.emplace(std::move(r));
+        num_arg = i;
+      } else {
+        CHECK(r.get() == 2 * i);
+      }
+    }
+    if (!num) WARN("no call took the express lane (a loaded machine?); that part is skipped");
+    str.wait();
+    all.wait();
+    if (num) num->wait();
+
+    // Both workers die, so whichever ran a call: the first death breaks the pool.
+    syscall_override fail(fork_fails_after(0));
+    const auto pids = pool.pids();
+    REQUIRE(pids.size() == 2);
+    for (pid_t w : pids) ::kill(w, SIGKILL);
+    for (pid_t w : pids) REQUIRE(wait_zombie(w));
+    CHECK(pool_error_of([&] { pool.map(slow_items(4)); }).find(replacement_failed) !=
+          std::string::npos);
+    CHECK(pool.pids().size() < 2);
+
+    CHECK(str.get() == "abab");
+    CHECK(all.get() == std::vector<int>{2, 4, 6});
+    if (num) CHECK(num->get() == 2 * num_arg);
+  }
+  CHECK(no_children());
+}
+
+TEST_CASE("a worker killed mid-map while forks fail fails that map and the pool, without hanging",
+          "[syscalls][fork][pool][replacement]") {
+  REQUIRE(no_children());
+  struct state {
+    std::atomic<pid_t> started_by[64];
+  };
+  shared<state> st;
+  state* s = st.get();
+  auto f = [s](int i) {
+    s->started_by[i % 64].store(::getpid());
+    std::this_thread::sleep_for(50ms);
+    return 2 * i;
+  };
+  {
+    procpool::Pool pool(f, 2);
+    auto before = pool.map_async(std::vector<int>{40, 41});  // finished before the kill
+    before.wait();
+    for (auto& p : s->started_by) p.store(0);
+    const auto pids = pool.pids();
+    REQUIRE(pids.size() == 2);
+
+    syscall_override fail(fork_fails_after(0));
+    auto during = pool.map_async(std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                                  15, 16, 17, 18, 19},
+                                 {.chunksize = 1});
+    // Kill the first worker seen running an item of this map.
+    const auto w0 = clk::now();
+    pid_t victim = 0;
+    while (!victim && clk::now() - w0 < 10s) {
+      for (int i = 0; i < 20 && !victim; ++i) victim = s->started_by[i].load();
+      if (!victim) std::this_thread::sleep_for(1ms);
+    }
+    REQUIRE(victim != 0);
+    REQUIRE((victim == pids[0] || victim == pids[1]));
+    ::kill(victim, SIGKILL);
+
+    const auto t0 = clk::now();
+    const std::string what = pool_error_of([&] { during.get(); });
+    INFO("the error: " << what);
+    CHECK(what.find(replacement_failed) != std::string::npos);
+    CHECK(ms_since(t0) < 5000.0);  // a bounded wait, not a hang
+    CHECK(forks_failed >= 1);
+    CHECK(pool_error_of([&] { pool.map(std::vector<int>{1}); }) == what);
+    CHECK(before.get() == std::vector<int>{80, 82});
+  }
+  CHECK(no_children());
+}
+
+TEST_CASE("a retiring worker that cannot be replaced breaks the pool with the same error",
+          "[syscalls][fork][pool][replacement]") {
+  REQUIRE(no_children());
+  {
+    syscall_override fail(fork_fails_after(1));  // the pool's one worker, then no more
+    procpool::Pool pool(twice{}, {.processes = 1, .max_tasks_per_child = 1});
+    const std::string what = pool_error_of([&] { pool.map(std::vector<int>{1, 2, 3}); });
+    INFO("the error: " << what);
+    CHECK(what.find(replacement_failed) != std::string::npos);
+    CHECK(forks_failed >= 1);
+    CHECK(pool.pids().empty());
+  }
+  CHECK(no_children());
+}
+
+TEST_CASE("join retries a waitpid interrupted by a signal", "[syscalls][waitpid][process]") {
+  REQUIRE(no_children());
+  procpool::Process p([] {});
+  p.start();
+  {
+    syscall_override eintr(waitpid_fails(3, EINTR));
+    p.join();
+    CHECK(waitpid_calls == 4);
+  }
+  CHECK(p.exitcode() == 0);
+  CHECK(no_children());
+}
+
+TEST_CASE("join when waitpid fails: system_error, and the Process can still be joined",
+          "[syscalls][waitpid][process]") {
+  REQUIRE(no_children());
+  procpool::Process p([] {});
+  p.start();
+  pid_t dropped = 0;
+  {
+    syscall_override fail(waitpid_fails(1'000'000, ECHILD));
+    try {
+      p.join();
+      FAIL("join() did not throw");
+    } catch (const std::system_error& e) {
+      CHECK(e.code().value() == ECHILD);
+      CHECK(std::string(e.what()).find("waitpid") != std::string::npos);
+    }
+    // The destructor swallows the failure (it is noexcept: a throw would end the test).
+    procpool::Process q([] {});
+    q.start();
+    dropped = q.pid();
+  }
+  p.join();  // the seam removed: the child is reaped now
+  CHECK(p.exitcode() == 0);
+  // q's child was not reaped by its destructor, so it is still ours to reap.
+  int status = 0;
+  CHECK(::waitpid(dropped, &status, 0) == dropped);
+  CHECK(WIFEXITED(status));
+  CHECK(no_children());
+}
+
+TEST_CASE("Process::kill when kill fails: system_error, but a child already gone is no error",
+          "[syscalls][kill][process]") {
+  REQUIRE(no_children());
+  procpool::Process p([] { ::pause(); });
+  p.start();
+  {
+    syscall_override eperm(kill_fails(EPERM));
+    try {
+      p.kill();
+      FAIL("kill() did not throw");
+    } catch (const std::system_error& e) {
+      CHECK(e.code().value() == EPERM);
+      CHECK(std::string(e.what()).find("kill") != std::string::npos);
+    }
+  }
+  {
+    syscall_override esrch(kill_fails(ESRCH));
+    CHECK_NOTHROW(p.terminate());
+  }
+  CHECK(p.is_alive());
+  p.kill();
+  p.join();
+  CHECK(p.exitcode() == -SIGKILL);
+  CHECK(no_children());
+}
