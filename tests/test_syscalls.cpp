@@ -487,3 +487,42 @@ TEST_CASE("Process::kill when kill fails: system_error, but a child already gone
   CHECK(p.exitcode() == -SIGKILL);
   CHECK(no_children());
 }
+
+TEST_CASE("a worker reaped by another part of the program fails its item with a clear error, "
+          "and the pool goes on",
+          "[waitpid][pool][reaper]") {
+  REQUIRE(no_children());
+  {
+    // One worker, so the call below runs on it; nothing drives the pool
+    // between apply_async and get(), so the test's waitpid comes first.
+    procpool::Pool pool([](int ms) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      return ms;
+    }, 1);
+    CHECK(pool.apply_async(1).get() == 1);
+    const pid_t victim = pool.pids().at(0);
+    auto r = pool.apply_async(10'000);
+    std::this_thread::sleep_for(200ms);  // it is running the call
+    ::kill(victim, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(victim, &status, 0) == victim);  // a reaper that is not procpool
+
+    std::string what = "(no error)";
+    try {
+      r.get();
+    } catch (const procpool::worker_lost& e) {
+      what = e.what();
+      CHECK(e.exitcode() == procpool::detail::reaped_elsewhere);
+    } catch (const std::exception& e) {
+      what = std::string("(another exception) ") + e.what();
+    }
+    INFO("the error: " << what);
+    CHECK(what.find("reaped by another part of this program") != std::string::npos);
+    CHECK(what.find(std::to_string(victim)) != std::string::npos);
+    // Replaced: the pool still works.
+    CHECK(pool.apply_async(2).get() == 2);
+    CHECK(pool.map(std::vector<int>{3, 4}) == std::vector<int>{3, 4});
+    CHECK(pool.pids().at(0) != victim);
+  }
+  CHECK(no_children());
+}

@@ -21,7 +21,9 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -120,6 +122,7 @@ class engine {
   worker_shared* shared_of(const worker& w) const noexcept { return shm_.worker(w.index); }
 
   void spawn_worker(worker& w);
+  std::optional<int> reap(const worker& w, bool block);
   void throw_if_unusable() const;
   // Driving: one round (the wait between rounds is event_watch).
   bool pump();
@@ -224,6 +227,20 @@ inline void engine::spawn_worker(worker& w) {
     worker_channel ch(ps, s, td, rd, cap, parent);
     worker_main(ch, fn, init, timed, parent, main_thread);
   });
+}
+
+/// waitpid for @p w: its exit code once it has ended, nullopt while it runs
+/// (when not @p block). A worker another part of the program reaped first
+/// ended somehow: reaped_elsewhere, and the pool goes on without it.
+inline std::optional<int> engine::reap(const worker& w, bool block) {
+  try {
+    const auto status = wait_pid(w.pid, block);
+    if (!status) return std::nullopt;
+    return exitcode_from_status(*status);
+  } catch (const std::system_error& e) {
+    if (e.code().value() != ECHILD) throw;
+    return reaped_elsewhere;
+  }
 }
 
 inline void engine::check_owner() const {
@@ -523,8 +540,7 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
     case frame_kind::bye: {
       if (w.dying) break;  // already reaped: on_death is draining what it left
       // The worker exits right after saying so: reap it now.
-      const auto status = wait_pid(w.pid, true);
-      on_death(w, exitcode_from_status(*status));
+      on_death(w, *reap(w, true));
       break;
     }
     default:
@@ -558,8 +574,8 @@ inline bool engine::check_workers() {
         changed = true;
       }
     }
-    if (auto status = wait_pid(w.pid, w.timed_out)) {
-      on_death(w, exitcode_from_status(*status));
+    if (auto exitcode = reap(w, w.timed_out)) {
+      on_death(w, *exitcode);
       changed = true;
     }
   }
@@ -704,13 +720,19 @@ inline void engine::terminate() noexcept {
   drv_.stop(lk);  // wakes a driver asleep in wait_for_event, and waits for its round
   if (phase_ == phase::terminated || phase_ == phase::joined) return;
   phase_ = phase::terminated;
-  for (auto& w : workers_)
-    if (w.pid) send_signal(w.pid, SIGKILL);
+  for (auto& w : workers_) {
+    try {
+      if (w.pid) send_signal(w.pid, SIGKILL);
+    } catch (...) {
+      // Not ours to signal any more (EPERM): it is reaped below, or was already.
+    }
+  }
   for (auto& w : workers_) {
     if (w.pid == 0) continue;
     try {
       wait_pid(w.pid, true);
     } catch (...) {
+      // Reaped elsewhere (ECHILD): nothing left to wait for.
     }
     w.pid = 0;
   }

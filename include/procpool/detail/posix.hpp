@@ -160,8 +160,15 @@ inline int exitcode_from_status(int status) noexcept {
   return 1;
 }
 
+/// The exit code of a child that another part of the program reaped first
+/// (SIGCHLD set to SIG_IGN, or a waitpid(-1) loop): how it ended is unknown.
+inline constexpr int reaped_elsewhere = std::numeric_limits<int>::min();
+
 /// "exited with code 3" / "was killed by SIGSEGV".
 inline std::string describe_exitcode(int exitcode) {
+  if (exitcode == reaped_elsewhere)
+    return "ended, and was reaped by another part of this program (SIGCHLD set to SIG_IGN, or "
+           "a waitpid(-1) loop), so how is unknown; leave procpool's children to procpool";
   if (exitcode < 0) return "was killed by " + signal_name(-exitcode);
   return "exited with code " + std::to_string(exitcode);
 }
