@@ -62,7 +62,7 @@ struct process_state {
   bool in_child = false;
 };
 
-inline process_state& state() {
+inline process_state& this_process() {
   static process_state s;
   return s;
 }
@@ -85,7 +85,7 @@ template <class Body>
 pid_t spawn(const std::string& name, Body&& body) {
   const pid_t parent = ::getpid();
   return fork_with([&]() noexcept {
-    process_state& s = state();
+    process_state& s = this_process();
     s.parent_name = std::move(s.name);
     s.parent_pid = parent;
     s.name = name;
@@ -207,10 +207,10 @@ class Process {
 
 // ---------------------------------------------------------------------------
 
-inline process_info current_process() { return {::getpid(), detail::state().name}; }
+inline process_info current_process() { return {::getpid(), detail::this_process().name}; }
 
 inline std::optional<process_info> parent_process() {
-  const auto& s = detail::state();
+  const auto& s = detail::this_process();
   if (!s.in_child) return std::nullopt;
   return process_info{s.parent_pid, s.parent_name};
 }
@@ -218,7 +218,7 @@ inline std::optional<process_info> parent_process() {
 inline std::size_t cpu_count() noexcept { return detail::cpu_count(); }
 
 [[noreturn]] inline void exit(int code) {
-  if (detail::state().in_child) throw detail::exit_request{code};
+  if (detail::this_process().in_child) throw detail::exit_request{code};
   std::exit(code);
 }
 

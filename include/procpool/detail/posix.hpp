@@ -187,11 +187,11 @@ inline void send_signal(pid_t pid, int sig) {
   if (sys().kill(pid, sig) == -1 && errno != ESRCH) throw_errno("kill");
 }
 
-inline std::atomic<pid_t>& pid_slot() noexcept {
+inline std::atomic<pid_t>& cached_pid() noexcept {
   static std::atomic<pid_t> pid{0};
   return pid;
 }
-inline void refresh_pid() noexcept { pid_slot().store(::getpid(), std::memory_order_relaxed); }
+inline void refresh_pid() noexcept { cached_pid().store(::getpid(), std::memory_order_relaxed); }
 /// This process's pid without a system call (glibc no longer caches getpid()):
 /// kept by a pthread_atfork child handler, registered on the first call, so it
 /// is right in any child forked after that, by procpool or not.
@@ -200,7 +200,7 @@ inline pid_t current_pid() noexcept {
     refresh_pid();
     return ::pthread_atfork(nullptr, nullptr, refresh_pid) == 0;
   }();
-  return registered ? pid_slot().load(std::memory_order_relaxed) : ::getpid();
+  return registered ? cached_pid().load(std::memory_order_relaxed) : ::getpid();
 }
 
 /// The number of CPUs online (Python's os.cpu_count()).
