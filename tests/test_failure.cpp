@@ -43,12 +43,12 @@
 
 #include <catch2/catch.hpp>
 
-#include "alloc_cap.hpp"
-#include "express.hpp"
-#include "sanitizers.hpp"
+#include "support/alloc_cap.hpp"
+#include "support/express.hpp"
+#include "support/sanitizers.hpp"
 
 // Allocations above 256 MiB throw std::bad_alloc in this binary (see
-// alloc_cap.hpp); no test here needs that much at once. ThreadSanitizer defines
+// support/alloc_cap.hpp); no test here needs that much at once. ThreadSanitizer defines
 // operator new itself (not replaceable), so not there.
 #ifndef PROCPOOL_TEST_TSAN
 PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
@@ -2027,7 +2027,7 @@ TEST_CASE("a worker that keeps dying while receiving an item fails it instead of
 }
 #endif
 
-// Counted by this binary's operator new (alloc_cap.hpp), so not under TSan.
+// Counted by this binary's operator new (support/alloc_cap.hpp), so not under TSan.
 #ifndef PROCPOOL_TEST_TSAN
 TEST_CASE("maps of big items reuse the parent's message buffers", "[memory]") {
   watchdog wd(60s);
@@ -2109,7 +2109,7 @@ auto held_express_call(Pool& pool, hold_flag& hold)
 TEST_CASE("express lane: calls from three threads while workers are killed and replaced",
           "[failure][express]") {
   watchdog wd(60s);
-  if (!express_test::have_two_cpus()) return;
+  if (!procpool_test::have_two_cpus()) return;
   procpool::Pool pool([](int x) { return x + 1; }, 2);
   std::atomic<bool> stop{false};
   std::atomic<long> answered{0}, lost{0}, wrong{0};
@@ -2145,7 +2145,7 @@ TEST_CASE("express lane: calls from three threads while workers are killed and r
 
 TEST_CASE("express lane: a worker that dies running the call fails it with worker_lost",
           "[failure][express]") {
-  if (!express_test::have_two_cpus()) return;
+  if (!procpool_test::have_two_cpus()) return;
   watchdog wd(60s);
   auto f = [](int i) {
     if (i < 0) ::kill(::getpid(), SIGKILL);
@@ -2153,7 +2153,7 @@ TEST_CASE("express lane: a worker that dies running the call fails it with worke
   };
   procpool::Pool pool(f, 2);
   for (int k = 0; k < 3; ++k) {
-    auto r = express_test::express_call_after(pool, [&] { (void)pool.apply_async(0).get(); }, -1);
+    auto r = procpool_test::express_call_after(pool, [&] { (void)pool.apply_async(0).get(); }, -1);
     REQUIRE(r);
     try {
       (void)r->get();
@@ -2171,7 +2171,7 @@ TEST_CASE("express lane: a worker that dies running the call fails it with worke
 }
 
 TEST_CASE("express lane: task_timeout kills a worker running the call", "[failure][express]") {
-  if (!express_test::have_two_cpus()) return;
+  if (!procpool_test::have_two_cpus()) return;
   watchdog wd(60s);
   hold_flag hold;
   auto f = [h = hold.flag, p = hold.pid](int i) { return run_held(h, p, i); };
@@ -2193,7 +2193,7 @@ TEST_CASE("express lane: task_timeout kills a worker running the call", "[failur
 
 TEST_CASE("express lane: dropped results still run, free their cells, and join waits for them",
           "[failure][express]") {
-  if (!express_test::have_two_cpus()) return;
+  if (!procpool_test::have_two_cpus()) return;
   watchdog wd(60s);
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
@@ -2225,7 +2225,7 @@ TEST_CASE("express lane: dropped results still run, free their cells, and join w
     std::fprintf(stderr, "[express] %d of %d calls took the lane\n", dropped, k);
     CHECK(dropped == 100);
     // All four cells of a worker were dropped many times over: still usable.
-    auto last = express_test::express_call(pool, 3);
+    auto last = procpool_test::express_call(pool, 3);
     REQUIRE(last);
     submitted.insert(3);
     pool.close();
@@ -2240,7 +2240,7 @@ TEST_CASE("express lane: dropped results still run, free their cells, and join w
 
 TEST_CASE("express lane: close() refuses new calls, terminate() fails the running one",
           "[failure][express]") {
-  if (!express_test::have_two_cpus()) return;
+  if (!procpool_test::have_two_cpus()) return;
   watchdog wd(60s);
   hold_flag hold;
   auto f = [h = hold.flag, p = hold.pid](int i) { return run_held(h, p, i); };
@@ -2269,7 +2269,7 @@ TEST_CASE("express lane: close() refuses new calls, terminate() fails the runnin
 
 TEST_CASE("express lane: a long express call keeps queued work off its worker",
           "[failure][express]") {
-  if (!express_test::have_two_cpus()) return;
+  if (!procpool_test::have_two_cpus()) return;
   watchdog wd(60s);
   hold_flag hold;
   auto f = [h = hold.flag, p = hold.pid](int i) { return run_held(h, p, i); };

@@ -13,8 +13,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "express.hpp"
-#include "sanitizers.hpp"
+#include "support/express.hpp"
+#include "support/sanitizers.hpp"
 
 #include <algorithm>
 #include <array>
@@ -1748,8 +1748,8 @@ struct express_fn {
 }  // namespace
 
 TEST_CASE("pool: apply_async's express lane gives the same answers and errors", "[pool][express]") {
-  if (!express_test::have_two_cpus()) return;
-  using express_test::express_call;
+  if (!procpool_test::have_two_cpus()) return;
+  using procpool_test::express_call;
   procpool::Pool pool(express_fn{}, 2);
 
   auto r = express_call(pool, 7);
