@@ -4,14 +4,16 @@
 // AddressSanitizer (whose own operator new aborts instead). A decoder that
 // believed a corrupted size then fails visibly and quickly instead of
 // allocating tens of GiB. It also counts big allocations, for tests that a
-// path reuses its memory. Not under ThreadSanitizer or valgrind, which define
-// operator new themselves.
+// path reuses its memory. Under ThreadSanitizer, which defines operator new
+// itself, the macro expands to nothing; valgrind replaces what it defines.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+
+#include "sanitizers.hpp"
 
 namespace procpool_test {
 
@@ -41,18 +43,30 @@ inline void* capped_alloc_nothrow(std::size_t n, std::size_t cap) noexcept {
 
 }  // namespace procpool_test
 
-#define PROCPOOL_TEST_CAP_ALLOCATIONS(cap)                                                   \
-  void* operator new(std::size_t n) { return procpool_test::capped_alloc(n, cap); }         \
-  void* operator new[](std::size_t n) { return procpool_test::capped_alloc(n, cap); }       \
-  void* operator new(std::size_t n, const std::nothrow_t&) noexcept {                       \
-    return procpool_test::capped_alloc_nothrow(n, cap);                                     \
-  }                                                                                          \
-  void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {                     \
-    return procpool_test::capped_alloc_nothrow(n, cap);                                     \
-  }                                                                                          \
-  void operator delete(void* p) noexcept { std::free(p); }                                  \
-  void operator delete[](void* p) noexcept { std::free(p); }                                \
-  void operator delete(void* p, std::size_t) noexcept { std::free(p); }                     \
-  void operator delete[](void* p, std::size_t) noexcept { std::free(p); }                   \
-  void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }           \
-  void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+// Out of line, so that valgrind, which replaces operator new and delete, sees
+// every call: an operator delete inlined into free() pairs new with free().
+#define PROCPOOL_TEST_NOINLINE __attribute__((noinline))
+
+#ifdef PROCPOOL_TEST_TSAN
+#define PROCPOOL_TEST_CAP_ALLOCATIONS(cap)
+#else
+#define PROCPOOL_TEST_CAP_ALLOCATIONS(cap)                                                                 \
+  PROCPOOL_TEST_NOINLINE void* operator new(std::size_t n) {                                               \
+    return procpool_test::capped_alloc(n, cap);                                                            \
+  }                                                                                                        \
+  PROCPOOL_TEST_NOINLINE void* operator new[](std::size_t n) {                                             \
+    return procpool_test::capped_alloc(n, cap);                                                            \
+  }                                                                                                        \
+  PROCPOOL_TEST_NOINLINE void* operator new(std::size_t n, const std::nothrow_t&) noexcept {               \
+    return procpool_test::capped_alloc_nothrow(n, cap);                                                    \
+  }                                                                                                        \
+  PROCPOOL_TEST_NOINLINE void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {             \
+    return procpool_test::capped_alloc_nothrow(n, cap);                                                    \
+  }                                                                                                        \
+  PROCPOOL_TEST_NOINLINE void operator delete(void* p) noexcept { std::free(p); }                          \
+  PROCPOOL_TEST_NOINLINE void operator delete[](void* p) noexcept { std::free(p); }                        \
+  PROCPOOL_TEST_NOINLINE void operator delete(void* p, std::size_t) noexcept { std::free(p); }             \
+  PROCPOOL_TEST_NOINLINE void operator delete[](void* p, std::size_t) noexcept { std::free(p); }           \
+  PROCPOOL_TEST_NOINLINE void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }   \
+  PROCPOOL_TEST_NOINLINE void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+#endif
