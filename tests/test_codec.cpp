@@ -5,17 +5,22 @@
 // The truncation tests copy every prefix into a heap block of exactly that size,
 // so a decoder that reads one byte too far is caught by AddressSanitizer in the
 // sanitizer build (and must throw procpool::decode_error in every build).
+// Random and corrupted bytes decode to a value or throw decode_error, nothing
+// else.
 #include <procpool/procpool.hpp>
 
 #include <catch2/catch.hpp>
 
 #include <array>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <span>
 #include <string>
@@ -25,6 +30,13 @@
 #include <utility>
 #include <variant>
 #include <vector>
+
+#include "support/alloc_cap.hpp"
+#include "support/common.hpp"
+
+// A single allocation above 256 MiB throws std::bad_alloc (support/alloc_cap.hpp):
+// a decoder that believed a corrupted size fails at once.
+PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
 
 namespace codec_test {
 
@@ -139,6 +151,24 @@ void check_every_cereal_truncation_throws(const T& v) {
     CHECK_THROWS_AS(decode_exact<T>(cut, cut.size()), decode_error);
   }
 }
+
+/// decode<T> of exactly @p bytes: "ok", "decode_error", or "OTHER" and what
+/// else was thrown.
+template <class T>
+std::string decode_verdict(const std::vector<char>& bytes) {
+  try {
+    (void)decode_exact<T>(bytes, bytes.size());
+    return "ok";
+  } catch (const decode_error&) {
+    return "decode_error";
+  } catch (const std::exception& e) {
+    return "OTHER " + procpool_test::type_and_what(e);
+  } catch (...) {
+    return "OTHER non-std exception";
+  }
+}
+
+using map_t = std::map<std::string, std::vector<int>>;
 
 inline void set_u64(std::vector<char>& bytes, std::size_t at, std::uint64_t v) {
   REQUIRE(bytes.size() >= at + sizeof v);
@@ -470,4 +500,109 @@ TEST_CASE("codec: a huge element count inside cereal's bytes throws decode_error
   // procpool's u64 byte length, then cereal's u64 element count.
   set_u64(bytes, sizeof(std::uint64_t), std::uint64_t{1} << 62);
   CHECK_THROWS_AS(decode_exact<std::vector<std::string>>(bytes, bytes.size()), decode_error);
+}
+
+// ---------------------------------------------------------------- arbitrary and corrupted bytes
+
+/// Every truncation of @p v's encoding: decode_error, nothing else.
+template <class T>
+void check_truncations(const T& v) {
+  const std::vector<char> b = encoded(v);
+  CHECK(round_trip(v) == v);
+  for (std::size_t n = 0; n < b.size(); ++n) {
+    INFO("truncated to " << n << " of " << b.size() << " bytes");
+    CHECK(decode_verdict<T>(std::vector<char>(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n))) ==
+          "decode_error");
+  }
+}
+
+TEST_CASE("codec: decode of truncated buffers throws decode_error", "[codec][truncated]") {
+  check_truncations(std::vector<double>{1.5, -2.25, 1e300});
+  check_truncations(std::string("hello, procpool"));
+  check_truncations(map_t{{"a", {1, 2, 3}}, {"bb", {}}, {"ccc", {-7}}});
+  check_truncations(std::tuple<int, std::string>{42, "forty-two"});
+  check_truncations(WithSerialize{7, "r", {1.0, 2.0}, {{"k", 1}, {"l", 2}}});
+  check_truncations(
+      std::vector<WithSerialize>{WithSerialize{1, "x", {}, {}}, WithSerialize{2, "y", {3.0}, {{"z", 3}}}});
+}
+
+// A std::vector<int> and a std::string inside cereal data whose element count
+// is corrupted to 2^62: decode_error, not cereal's std::length_error.
+TEST_CASE("codec: decode of a cereal element count past max_size throws decode_error",
+          "[codec][corrupt]") {
+  {
+    std::vector<char> b = encoded(map_t{{"k", {1, 2}}});
+    // [u64 prefix][u64 map size][u64 key length]["k"][u64 vector size][ints]
+    set_u64(b, 8 + 8 + 8 + 1, std::uint64_t{1} << 62);
+    const std::string v = decode_verdict<map_t>(b);
+    INFO(v);
+    CHECK(v == "decode_error");
+  }
+  {
+    std::vector<char> b = encoded(WithSaveLoad{"abc", {}, {}});
+    set_u64(b, 8, std::uint64_t{1} << 62);  // the label's length
+    const std::string v = decode_verdict<WithSaveLoad>(b);
+    INFO(v);
+    CHECK(v == "decode_error");
+  }
+}
+
+// Types whose sizes procpool checks itself: every seed's verdict is "ok" or "decode_error".
+TEST_CASE("codec: decode of random bytes gives a value or decode_error", "[codec][corrupt]") {
+  for (unsigned seed = 1; seed <= 2000; ++seed) {
+    std::mt19937 rng(seed);
+    std::vector<char> buf(rng() % 64);
+    for (auto& c : buf) c = static_cast<char>(rng());
+    // Small plausible lengths now and then, so decoding gets past the first field.
+    if (buf.size() >= 8 && seed % 3 == 0) {
+      const std::uint64_t n = rng() % 16;
+      std::memcpy(buf.data(), &n, 8);
+    }
+    INFO("seed " << seed);
+    for (const std::string& v :
+         {decode_verdict<std::vector<double>>(buf), decode_verdict<std::string>(buf),
+          decode_verdict<std::tuple<int, std::string>>(buf),
+          decode_verdict<std::pair<std::uint64_t, std::vector<int>>>(buf)}) {
+      CHECK((v == "ok" || v == "decode_error"));
+    }
+  }
+}
+
+// Bit flips and byte overwrites of valid cereal encodings (the outer length
+// prefix kept, so cereal reads them) decode to a value or throw decode_error.
+// A corrupted count must not reach cereal's resize(): std::length_error, or
+// std::bad_alloc through this binary's allocation cap.
+TEST_CASE("codec: decode of corrupted cereal data gives a value or decode_error", "[codec][corrupt]") {
+  std::map<std::string, int> verdicts;
+  std::string first_other;
+  auto mutate_and_check = [&](auto value, unsigned seed) {
+    using T = decltype(value);
+    std::vector<char> buf = encoded(value);
+    std::mt19937 rng(seed);
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits; ++e) {
+      const std::size_t at = 8 + rng() % (buf.size() - 8);  // keep the outer length prefix
+      switch (rng() % 3) {
+        case 0: buf[at] = static_cast<char>(buf[at] ^ (1 << (rng() % 8))); break;
+        case 1: buf[at] = static_cast<char>(rng()); break;
+        default: buf[at] = static_cast<char>(rng() % 3); break;
+      }
+    }
+    const std::string v = decode_verdict<T>(buf);
+    ++verdicts[v.substr(0, 48)];
+    if (v != "ok" && v != "decode_error" && first_other.empty())
+      first_other = "seed " + std::to_string(seed) + ", " +
+                    procpool::detail::demangle(typeid(T).name()) + ": " + v;
+  };
+  for (unsigned seed = 1; seed <= 300; ++seed) {
+    mutate_and_check(map_t{{"alpha", {1, 2, 3}}, {"b", {}}, {"gamma", {9, 9}}}, seed);
+    mutate_and_check(WithSerialize{5, "name", {1.0, 2.0, 3.0}, {{"t", 1}}}, seed);
+  }
+  int others = 0;
+  for (auto& [v, n] : verdicts) {
+    std::fprintf(stderr, "[decode] %5d x %s\n", n, v.c_str());
+    if (v != "ok" && v != "decode_error") others += n;
+  }
+  INFO(others << " of 600 corrupted inputs threw something else; first: " << first_other);
+  CHECK(others == 0);
 }
