@@ -22,12 +22,22 @@
 #include "support/alloc_cap.hpp"
 #include "support/common.hpp"
 #include "support/proc.hpp"
+#include "support/sanitizers.hpp"
 #include "support/watchdog.hpp"
 
 // A single allocation above 256 MiB throws std::bad_alloc (support/alloc_cap.hpp).
 PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
 
 using namespace procpool_test;
+
+namespace {
+
+// Forking under AddressSanitizer is slow (its shadow mappings are copied), so
+// the fork-heavy loops run fewer rounds there.
+constexpr int stress_pools = under_asan ? 40 : 200;
+constexpr std::size_t stress_workers = under_asan ? 4 : 8;
+
+}  // namespace
 
 TEST_CASE("1000 pools leave no fds, shm, children or memory behind", "[failure][leaks]") {
   watchdog wd(100s);
@@ -74,26 +84,35 @@ TEST_CASE("pools ended with close() and join() leave nothing behind", "[failure]
   auto f = [](int x) { return x + 1; };
   const std::size_t fds0 = open_fds();
   const std::set<pid_t> kids0 = child_pids();
-  const int n = 300;
-  int failures = 0;
-  std::string first;
-  const auto t0 = Clock::now();
-  for (int k = 0; k < n; ++k) {
-    procpool::Pool pool(f, 2);
-    try {
-      const auto out = pool.map(std::vector<int>{k, k + 1});
-      if (out != std::vector<int>{k + 1, k + 2}) throw std::runtime_error("wrong values");
-      pool.close();
-      pool.join();
-      if (!pool.pids().empty()) throw std::runtime_error("live pids after join()");
-    } catch (const std::exception& e) {
-      if (!failures++) first = type_and_what(e);
+  // Pools joined after a map, and pools joined at once (workers perhaps still starting).
+  struct kind {
+    int pools;
+    std::size_t workers;
+    bool map_first;
+  };
+  for (const kind k : {kind{300, 2, true}, kind{stress_pools, stress_workers, false}}) {
+    int failures = 0;
+    std::string first;
+    const auto t0 = Clock::now();
+    for (int round = 0; round < k.pools; ++round) {
+      procpool::Pool pool(f, k.workers);
+      try {
+        if (k.map_first && pool.map(std::vector<int>{round, round + 1}) != std::vector<int>{round + 1, round + 2})
+          throw std::runtime_error("wrong values");
+        pool.close();
+        pool.join();
+        if (!pool.pids().empty()) throw std::runtime_error("live pids after join()");
+      } catch (const std::exception& e) {
+        if (!failures++) first = "round " + std::to_string(round) + ": " + type_and_what(e);
+      }
     }
+    std::fprintf(stderr, "[timing] %d pools of %zu workers%s closed and joined: %.0f ms; %d of them failed%s%s\n",
+                 k.pools, k.workers, k.map_first ? ", mapped first," : "", ms_since(t0), failures,
+                 failures ? ", first: " : "", first.c_str());
+    INFO(k.pools << " pools of " << k.workers << " workers" << (k.map_first ? ", mapped first" : ""));
+    INFO(first);
+    CHECK(failures == 0);
   }
-  std::fprintf(stderr, "[timing] %d pools closed and joined: %.0f ms; %d of them failed%s%s\n", n,
-               ms_since(t0), failures, failures ? ", first: " : "", first.c_str());
-  INFO(first);
-  CHECK(failures == 0);
   CHECK(open_fds() == fds0);
   CHECK(child_pids() == kids0);
 }
@@ -101,33 +120,42 @@ TEST_CASE("pools ended with close() and join() leave nothing behind", "[failure]
 TEST_CASE("max_tasks_per_child = 1 loses nothing", "[failure][leaks]") {
   watchdog wd(60s);
   auto f = [](int x) { return std::make_pair(x, static_cast<int>(::getpid())); };
-  for (std::size_t procs : {std::size_t{2}, std::size_t{4}}) {
-    INFO(procs << " workers");
-    procpool::Pool pool(f, procpool::pool_options{.processes = procs, .max_tasks_per_child = 1});
-    const auto t0 = Clock::now();
-    std::vector<std::pair<int, int>> out;
-    std::string error;
-    try {
-      auto r = pool.map_async(iota_vec(200));
-      REQUIRE(r.wait_for(30s));
-      out = r.get();
-    } catch (const std::exception& e) {
-      error = type_and_what(e);
+  struct kind {
+    std::size_t workers;
+    int items;
+    int pools;
+  };
+  for (const kind k : {kind{2, 200, 1}, kind{4, 200, 1}, kind{2, 100, stress_pools / 20}}) {
+    for (int round = 0; round < k.pools; ++round) {
+      INFO(k.workers << " workers, " << k.items << " items, pool " << round);
+      procpool::Pool pool(f, procpool::pool_options{.processes = k.workers, .max_tasks_per_child = 1});
+      const auto t0 = Clock::now();
+      std::vector<std::pair<int, int>> out;
+      std::string error;
+      try {
+        auto r = pool.map_async(iota_vec(k.items));
+        REQUIRE(r.wait_for(30s));
+        out = r.get();
+      } catch (const std::exception& e) {
+        error = type_and_what(e);
+      }
+      const double elapsed = ms_since(t0);
+      INFO(error);
+      CHECK(error.empty());
+      REQUIRE(out.size() == static_cast<std::size_t>(k.items));
+      std::set<int> pids;
+      for (int i = 0; i < k.items; ++i) {
+        CHECK(out[static_cast<std::size_t>(i)].first == i);
+        pids.insert(out[static_cast<std::size_t>(i)].second);
+      }
+      // One worker per item (pid_max is small: a pid may recur).
+      CHECK(pids.size() >= static_cast<std::size_t>(k.items - 5));
+      std::fprintf(stderr, "[timing] max_tasks_per_child=1, %zu workers, %d items: %.0f ms\n", k.workers,
+                   k.items, elapsed);
+      CHECK(pool.map(std::vector<int>{7}).at(0).first == 7);
+      pool.close();
+      pool.join();
     }
-    const double elapsed = ms_since(t0);
-    INFO(error);
-    CHECK(error.empty());
-    REQUIRE(out.size() == 200);
-    std::set<int> pids;
-    for (int i = 0; i < 200; ++i) {
-      CHECK(out[i].first == i);
-      pids.insert(out[i].second);
-    }
-    CHECK(pids.size() >= 195);  // one worker per item (pid_max is small: a pid may recur)
-    std::fprintf(stderr, "[timing] max_tasks_per_child=1, %zu workers, 200 items: %.0f ms\n", procs, elapsed);
-    CHECK(pool.map(std::vector<int>{7}).at(0).first == 7);
-    pool.close();
-    pool.join();
   }
   CHECK(child_pids().empty());
 }
