@@ -122,7 +122,7 @@ TEST_CASE("move-assigning a Pool terminates the old pool, as destroying it does"
 
 // join() used to wait for an imap window that waited for its reader. As in
 // Python, join() runs everything submitted and the results stay readable.
-TEST_CASE("close() and join() return with imap ranges not fully read; their results stay",
+TEST_CASE("close() and join() return with imap ranges not fully read, and their results stay",
           "[failure][join]") {
   watchdog wd(30s);
   procpool::Pool pool([](int x) { return 2 * x; }, 2);

@@ -450,7 +450,7 @@ struct exits_on_load {
 
 }  // namespace
 
-TEST_CASE("procpool::exit(n) in a task ends its worker; that item fails, the rest complete",
+TEST_CASE("procpool::exit(n) in a task ends its worker: that item fails, the rest complete",
           "[failure][exit]") {
   watchdog wd(60s);
   procpool::Pool pool(
@@ -478,7 +478,7 @@ TEST_CASE("procpool::exit(n) in an argument's load() ends its worker like in a t
 
 // A death before the initializer returned broke the pool for good, even a
 // SIGKILL from outside (or the OOM killer) during an initializer that works.
-TEST_CASE("a worker killed during a working initializer is replaced; the pool goes on",
+TEST_CASE("a worker killed during a working initializer is replaced and the pool goes on",
           "[failure][initializer]") {
   watchdog wd(30s);
   procpool::Pool pool([](int x) { return x + 1; },
