@@ -5,17 +5,22 @@
 // The truncation tests copy every prefix into a heap block of exactly that size,
 // so a decoder that reads one byte too far is caught by AddressSanitizer in the
 // sanitizer build (and must throw procpool::decode_error in every build).
+// Random and corrupted bytes decode to a value or throw decode_error, nothing
+// else.
 #include <procpool/procpool.hpp>
 
 #include <catch2/catch.hpp>
 
 #include <array>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <span>
 #include <string>
@@ -25,6 +30,13 @@
 #include <utility>
 #include <variant>
 #include <vector>
+
+#include "support/alloc_cap.hpp"
+#include "support/common.hpp"
+
+// A single allocation above 256 MiB throws std::bad_alloc (support/alloc_cap.hpp):
+// a decoder that believed a corrupted size fails at once.
+PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
 
 namespace codec_test {
 
@@ -114,8 +126,7 @@ template <class T>
 void check_every_prefix_throws(const T& v) {
   const std::vector<char> bytes = encoded(v);
   REQUIRE(!bytes.empty());
-  // The whole encoding decodes.
-  CHECK(decode_exact<T>(bytes, bytes.size()) == v);
+  CHECK(round_trip(v) == v);  // the whole encoding decodes, to its last byte
   for (std::size_t n = 0; n < bytes.size(); ++n) {
     INFO("prefix of " << n << " of " << bytes.size() << " bytes");
     CHECK_THROWS_AS(decode_exact<T>(bytes, n), decode_error);
@@ -139,6 +150,24 @@ void check_every_cereal_truncation_throws(const T& v) {
     CHECK_THROWS_AS(decode_exact<T>(cut, cut.size()), decode_error);
   }
 }
+
+/// decode<T> of exactly @p bytes: "ok", "decode_error", or "OTHER" and what
+/// else was thrown.
+template <class T>
+std::string decode_verdict(const std::vector<char>& bytes) {
+  try {
+    (void)decode_exact<T>(bytes, bytes.size());
+    return "ok";
+  } catch (const decode_error&) {
+    return "decode_error";
+  } catch (const std::exception& e) {
+    return "OTHER " + procpool_test::type_and_what(e);
+  } catch (...) {
+    return "OTHER non-std exception";
+  }
+}
+
+using map_t = std::map<std::string, std::vector<int>>;
 
 inline void set_u64(std::vector<char>& bytes, std::size_t at, std::uint64_t v) {
   REQUIRE(bytes.size() >= at + sizeof v);
@@ -390,6 +419,7 @@ TEST_CASE("codec: every proper prefix of a pair/tuple encoding throws decode_err
   check_every_prefix_throws(std::pair<int, std::string>{7, "seven"});
   check_every_prefix_throws(std::tuple<int, double, std::string>{1, 2.0, "three"});
   check_every_prefix_throws(std::tuple<std::string, std::vector<std::string>>{"a", {"b", "c"}});
+  check_every_prefix_throws(std::tuple<int, std::string>{42, "forty-two"});
 }
 
 TEST_CASE("codec: every proper prefix of a cereal encoding throws decode_error", "[codec][truncated]") {
@@ -402,6 +432,8 @@ TEST_CASE("codec: every proper prefix of a cereal encoding throws decode_error",
   check_every_prefix_throws(std::set<int>{3, 1, 2});
   check_every_prefix_throws(std::vector<std::vector<std::map<int, std::string>>>{{{{1, "a"}}}, {}});
   check_every_prefix_throws(WithSerialize{1, "n", {2.0}, {{"t", 3}}});
+  check_every_prefix_throws(
+      std::vector<WithSerialize>{WithSerialize{1, "x", {}, {}}, WithSerialize{2, "y", {3.0}, {{"z", 3}}}});
   check_every_prefix_throws(WithSaveLoad{"l", {"w"}, 4});
 }
 
@@ -462,12 +494,85 @@ TEST_CASE("codec: a corrupted variant index throws decode_error", "[codec][corru
   CHECK_THROWS_AS((decode_exact<std::variant<int, std::string>>(bytes, bytes.size())), decode_error);
 }
 
-// A corrupted element count inside cereal's bytes is rejected before cereal
-// resizes the container (std::length_error / bad_alloc otherwise).
+// A corrupted element count inside cereal's bytes (of a vector, of a vector
+// nested in a map, of a string) is rejected before cereal resizes the
+// container (std::length_error / bad_alloc otherwise).
 TEST_CASE("codec: a huge element count inside cereal's bytes throws decode_error",
           "[codec][corrupt]") {
+  constexpr std::uint64_t huge = std::uint64_t{1} << 62;
   std::vector<char> bytes = encoded(std::vector<std::string>{"a", "b"});
   // procpool's u64 byte length, then cereal's u64 element count.
-  set_u64(bytes, sizeof(std::uint64_t), std::uint64_t{1} << 62);
+  set_u64(bytes, sizeof(std::uint64_t), huge);
   CHECK_THROWS_AS(decode_exact<std::vector<std::string>>(bytes, bytes.size()), decode_error);
+
+  std::vector<char> nested = encoded(map_t{{"k", {1, 2}}});
+  // [u64 byte length][u64 map size][u64 key length]["k"][u64 vector size][ints]
+  set_u64(nested, 8 + 8 + 8 + 1, huge);
+  CHECK_THROWS_AS(decode_exact<map_t>(nested, nested.size()), decode_error);
+
+  std::vector<char> label = encoded(WithSaveLoad{"abc", {}, {}});
+  set_u64(label, 8, huge);  // the label's length, cereal's first field
+  CHECK_THROWS_AS(decode_exact<WithSaveLoad>(label, label.size()), decode_error);
+}
+
+// ---------------------------------------------------------------- arbitrary and corrupted bytes
+
+// Types whose sizes procpool checks itself: every seed's verdict is "ok" or "decode_error".
+TEST_CASE("codec: decode of random bytes gives a value or decode_error", "[codec][corrupt]") {
+  for (unsigned seed = 1; seed <= 2000; ++seed) {
+    std::mt19937 rng(seed);
+    std::vector<char> buf(rng() % 64);
+    for (auto& c : buf) c = static_cast<char>(rng());
+    // Small plausible lengths now and then, so decoding gets past the first field.
+    if (buf.size() >= 8 && seed % 3 == 0) {
+      const std::uint64_t n = rng() % 16;
+      std::memcpy(buf.data(), &n, 8);
+    }
+    INFO("seed " << seed);
+    for (const std::string& v :
+         {decode_verdict<std::vector<double>>(buf), decode_verdict<std::string>(buf),
+          decode_verdict<std::tuple<int, std::string>>(buf),
+          decode_verdict<std::pair<std::uint64_t, std::vector<int>>>(buf)}) {
+      CHECK((v == "ok" || v == "decode_error"));
+    }
+  }
+}
+
+// Bit flips and byte overwrites of valid cereal encodings (the outer length
+// prefix kept, so cereal reads them) decode to a value or throw decode_error.
+// A corrupted count must not reach cereal's resize(): std::length_error, or
+// std::bad_alloc through this binary's allocation cap.
+TEST_CASE("codec: decode of corrupted cereal data gives a value or decode_error", "[codec][corrupt]") {
+  std::map<std::string, int> verdicts;
+  std::string first_other;
+  auto mutate_and_check = [&](auto value, unsigned seed) {
+    using T = decltype(value);
+    std::vector<char> buf = encoded(value);
+    std::mt19937 rng(seed);
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits; ++e) {
+      const std::size_t at = 8 + rng() % (buf.size() - 8);  // keep the outer length prefix
+      switch (rng() % 3) {
+        case 0: buf[at] = static_cast<char>(buf[at] ^ (1 << (rng() % 8))); break;
+        case 1: buf[at] = static_cast<char>(rng()); break;
+        default: buf[at] = static_cast<char>(rng() % 3); break;
+      }
+    }
+    const std::string v = decode_verdict<T>(buf);
+    ++verdicts[v.substr(0, 48)];
+    if (v != "ok" && v != "decode_error" && first_other.empty())
+      first_other = "seed " + std::to_string(seed) + ", " +
+                    procpool::detail::demangle(typeid(T).name()) + ": " + v;
+  };
+  for (unsigned seed = 1; seed <= 300; ++seed) {
+    mutate_and_check(map_t{{"alpha", {1, 2, 3}}, {"b", {}}, {"gamma", {9, 9}}}, seed);
+    mutate_and_check(WithSerialize{5, "name", {1.0, 2.0, 3.0}, {{"t", 1}}}, seed);
+  }
+  int others = 0;
+  for (auto& [v, n] : verdicts) {
+    std::fprintf(stderr, "[decode] %5d x %s\n", n, v.c_str());
+    if (v != "ok" && v != "decode_error") others += n;
+  }
+  INFO(others << " of 600 corrupted inputs threw something else; first: " << first_other);
+  CHECK(others == 0);
 }

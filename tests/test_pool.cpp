@@ -6,26 +6,26 @@
 //    return values (or write to shared memory), and the parent checks.
 //  * Catch2 (v2) assertions are not thread-safe: helper threads record what
 //    they saw and the test thread checks after joining them.
-//  * Scenarios that a library bug could hang run in a forked child that the
-//    test kills after a time limit, so a hang fails the test instead of the
-//    whole binary.
+//  * Every test is bounded by ctest's TIMEOUT; a scenario that a library bug
+//    could hang is bounded by a watchdog too (support/watchdog.hpp).
 #include <procpool/procpool.hpp>
 
 #include <catch2/catch.hpp>
 
-#include "express.hpp"
-#include "sanitizers.hpp"
+#include "support/common.hpp"
+#include "support/express.hpp"
+#include "support/proc.hpp"
+#include "support/shared.hpp"
+#include "support/watchdog.hpp"
 
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
-#include <functional>
 #include <list>
 #include <map>
 #include <numeric>
@@ -45,39 +45,15 @@
 #define PROCPOOL_TEST_HAVE_VIEWS 1
 #endif
 
-// Forking an AddressSanitizer process is slow (its shadow mappings are copied),
-// so the fork-heavy stress loops run fewer rounds there.
-#ifdef PROCPOOL_TEST_ASAN
-constexpr int stress_pools = 40;
-constexpr std::size_t stress_workers = 4;
-#else
-constexpr int stress_pools = 200;
-constexpr std::size_t stress_workers = 8;
-#endif
-
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 namespace pool_test {
 
-using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using namespace procpool_test;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
-
-std::vector<int> iota_vec(int n, int first = 0) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), first);
-  return v;
-}
 
 /// try_map outcomes for the ints @p in (out[x] for item x) that are not as
 /// expected: an error where @p fails(x), else the value @p want(x).
@@ -92,49 +68,6 @@ std::size_t wrong_outcomes(const Outcomes& out, const std::vector<int>& in, Fail
 }
 
 int square(int x) { return x * x; }
-
-/// True when @p pid no longer exists at all (reaped: not even a zombie).
-bool gone(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
-
-/// An array of atomics in anonymous shared memory, mapped before the pool
-/// forks, so that workers' writes are visible to the parent.
-class SharedCounters {
- public:
-  explicit SharedCounters(std::size_t n) : n_(n) {
-    void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(p != MAP_FAILED);
-    c_ = static_cast<std::atomic<int>*>(p);
-    for (std::size_t i = 0; i < n_; ++i) new (&c_[i]) std::atomic<int>(0);
-  }
-  ~SharedCounters() { ::munmap(c_, bytes()); }
-  SharedCounters(const SharedCounters&) = delete;
-  SharedCounters& operator=(const SharedCounters&) = delete;
-  std::atomic<int>* data() const { return c_; }
-  int operator[](std::size_t i) const { return c_[i].load(); }
-
- private:
-  std::size_t bytes() const { return n_ * sizeof(std::atomic<int>); }
-  std::size_t n_;
-  std::atomic<int>* c_ = nullptr;
-};
-
-/// Runs body() in a forked child; returns its exit code (body's return value),
-/// or -1 when it did not end within @p limit (it is then killed).
-/// body may leave early with ::_exit(code) to skip destructors that might hang.
-int run_in_child(std::function<int()> body, std::chrono::seconds limit) {
-  procpool::Process<std::function<void()>> p(std::function<void()>([body] {
-    const int code = body();
-    std::fflush(nullptr);
-    ::_exit(code);
-  }));
-  p.start();
-  if (!p.join_for(limit)) {
-    p.kill();
-    p.join();
-    return -1;
-  }
-  return p.exitcode().value_or(-2);
-}
 
 /// 64-bit FNV-style hash over 8-byte words (and the tail), fast enough for 300 MiB.
 std::uint64_t checksum(const char* p, std::size_t n) {
@@ -342,27 +275,6 @@ TEST_CASE("pool: small items, then big ones both ways, then small again", "[pool
   for (const auto& r : pool.map(small)) REQUIRE(r == "abab");
 }
 
-/// The VmFlags of the mapping holding @p p, from /proc/self/smaps ("" if none).
-std::string vm_flags_at(const void* p) {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  std::FILE* f = std::fopen("/proc/self/smaps", "r");
-  if (!f) return "";
-  char line[512];
-  bool inside = false;
-  std::string flags;
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, ':') > std::strchr(line, ' ')) {
-      inside = a >= lo && a < hi;
-    } else if (inside && std::strncmp(line, "VmFlags:", 8) == 0) {
-      flags = line + 8;
-      break;
-    }
-  }
-  std::fclose(f);
-  return flags;
-}
-
 // A fresh map's results are written as they come; 2,048 page faults for 8 MiB
 // of results where THP is 'madvise' unless the memory is advised first.
 TEST_CASE("pool: a map's results of 4 MiB and more are advised for huge pages", "[pool]") {
@@ -545,25 +457,26 @@ TEST_CASE("pool: a lambda's captured state is there in the workers", "[pool]") {
 
 TEST_CASE("pool: a void function runs exactly once for every item", "[pool]") {
   constexpr int n = 1000;
-  SharedCounters hits(n + 1);
+  shared<std::array<std::atomic<int>, n + 1>> counts;
+  auto& hits = *counts;
   std::atomic<int>* h = hits.data();
   procpool::Pool pool([h](int i) { h[i].fetch_add(1); }, 2);
   static_assert(std::is_void_v<decltype(pool.map(std::vector<int>{}))>);
   pool.map(iota_vec(n));
   int wrong = 0;
-  for (int i = 0; i < n; ++i) wrong += hits[static_cast<std::size_t>(i)] != 1;
+  for (int i = 0; i < n; ++i) wrong += hits[static_cast<std::size_t>(i)].load() != 1;
   CHECK(wrong == 0);
 
   auto r = pool.apply_async(n);
   static_assert(std::is_void_v<decltype(r.get())>);
   r.get();
-  CHECK(hits[n] == 1);
+  CHECK(hits[n].load() == 1);
 
   auto outcomes = pool.try_map(std::vector<int>{0, 1});
   REQUIRE(outcomes.size() == 2);
   CHECK(outcomes[0].ok());
   CHECK(outcomes[1].ok());
-  CHECK(hits[0] == 2);
+  CHECK(hits[0].load() == 2);
 
   // A void task that throws still fails its item.
   procpool::Pool thrower(
@@ -579,8 +492,8 @@ TEST_CASE("pool: a void function runs exactly once for every item", "[pool]") {
     CHECK(e.index() == 6);
     CHECK(e.message() == "six");
   }
-  CHECK(hits[9] == 2);  // the other items ran
-  CHECK(hits[6] == 1);
+  CHECK(hits[9].load() == 2);  // the other items ran
+  CHECK(hits[6].load() == 1);
 }
 
 // ---------------------------------------------------------------- starmap
@@ -642,8 +555,8 @@ TEST_CASE("pool: imap_unordered yields exactly the multiset of results", "[pool]
 }
 
 TEST_CASE("pool: breaking out of imap early leaves the pool usable", "[pool][imap]") {
-  SharedCounters ran(1);
-  std::atomic<int>* counter = ran.data();
+  shared<std::atomic<int>> ran;
+  std::atomic<int>* counter = ran.get();
   procpool::Pool pool(
       [counter](int x) {
         counter->fetch_add(1);
@@ -668,8 +581,8 @@ TEST_CASE("pool: breaking out of imap early leaves the pool usable", "[pool][ima
   }
   CHECK(pool.map(std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
   // imap is lazy: only a bounded window beyond what was read was ever run.
-  INFO(ran[0] << " items ran in the workers");
-  CHECK(ran[0] < 1000);
+  INFO(ran->load() << " items ran in the workers");
+  CHECK(ran->load() < 1000);
   std::vector<int> all;
   for (int y : pool.imap(iota_vec(100))) all.push_back(y);
   REQUIRE(all.size() == 100);
@@ -755,7 +668,7 @@ TEST_CASE("pool: polling ready() alone sees a finished task", "[pool][async]") {
   auto r = pool.apply_async(9);
   const auto t0 = Clock::now();
   bool ready = false;
-  while (!(ready = r.ready()) && seconds_since(t0) < 3.0) sleep_ms(5);
+  while (!(ready = r.ready()) && ms_since(t0) < 3000.0) sleep_ms(5);
   CHECK(ready);
   CHECK(r.get() == 81);
 }
@@ -914,44 +827,24 @@ TEST_CASE("pool: a result whose save() throws in the worker fails only that item
   CHECK(pool.map(std::vector<int>{7}).at(0).v == 7);
 }
 
-// Regression test: at commit b63ca26 an exception while encoding an argument
-// (a throwing save(), std::bad_alloc, or procpool's own "one item encodes to over
-// 4 GiB" usage_error) escaped engine::submit's pump() with pumping_ left true, so
-// every later wait on the pool, and its destructor, blocked for ever. Run in a
-// child so that such a hang fails this test instead of the whole binary.
+// An exception while encoding an argument (a throwing save(), std::bad_alloc,
+// or procpool's own "one item encodes to over 4 GiB" usage_error) fails the
+// call and nothing else: later calls run, and no wait on the pool, nor its
+// destructor, blocks for ever.
 TEST_CASE("pool: an argument whose save() throws fails the call and the pool stays usable",
           "[pool][errors]") {
-  const int code = run_in_child(
-      [] {
-        procpool::Pool pool([](const FragileSave& f) { return f.v * 2; }, 2);
-        std::vector<FragileSave> bad;
-        for (int i = 0; i < 8; ++i) bad.push_back(FragileSave{i, ""});
-        bool threw = false;
-        try {
-          (void)pool.map(bad, {.chunksize = 1});
-        } catch (const std::exception&) {
-          threw = true;
-        }
-        if (!threw) ::_exit(10);
-        std::vector<FragileSave> good;
-        for (int i = 10; i < 30; ++i) good.push_back(FragileSave{i, ""});
-        auto r = pool.map_async(good);
-        if (!r.wait_for(5s)) ::_exit(11);  // the pool no longer runs anything
-        std::vector<int> v;
-        try {
-          v = r.get();
-        } catch (...) {
-          ::_exit(12);
-        }
-        for (int i = 10; i < 30; ++i)
-          if (v.at(static_cast<std::size_t>(i - 10)) != 2 * i) ::_exit(13);
-        return 0;  // the pool's destructor must return too (-1: it hung)
-      },
-      20s);
-  INFO("child exit code " << code
-                          << " (10: map did not throw, 11: later work never ran, 12/13: later work "
-                             "wrong, -1: hung, e.g. in ~Pool)");
-  CHECK(code == 0);
+  watchdog wd(20s);
+  procpool::Pool pool([](const FragileSave& f) { return f.v * 2; }, 2);
+  std::vector<FragileSave> bad;
+  for (int i = 0; i < 8; ++i) bad.push_back(FragileSave{i, ""});
+  CHECK_THROWS_AS(pool.map(bad, {.chunksize = 1}), std::exception);
+  std::vector<FragileSave> good;
+  for (int i = 10; i < 30; ++i) good.push_back(FragileSave{i, ""});
+  auto r = pool.map_async(good);
+  REQUIRE(r.wait_for(5s));  // the pool still runs work
+  const std::vector<int> v = r.get();
+  REQUIRE(v.size() == 20);
+  for (int i = 10; i < 30; ++i) CHECK(v[static_cast<std::size_t>(i - 10)] == 2 * i);
 }
 
 TEST_CASE("pool: apply_async with no arguments and with several of mixed kinds", "[pool]") {
@@ -983,107 +876,107 @@ TEST_CASE("pool: apply_async with an argument whose save() throws fails at get()
   CHECK(pool.apply_async(FragileSave{5, ""}, 5).get() == 25);
 }
 
-// Regression test for the same fix: the input range's own iterator throws.
+// The same for an input range whose own iterator throws.
 TEST_CASE("pool: an input iterator that throws fails the call and the pool stays usable",
           "[pool][errors]") {
-  const int code = run_in_child(
-      [] {
-        procpool::Pool pool(square, 2);
-        std::string what;
-        try {
-          (void)pool.map(ThrowingRange{50, 7}, {.chunksize = 1});
-        } catch (const std::runtime_error& e) {
-          what = e.what();
-        }
-        if (what != "input 7 unreadable") ::_exit(10);
-        auto r = pool.map_async(ThrowingRange{30, -1});
-        if (!r.wait_for(5s)) ::_exit(11);
-        const auto v = r.get();
-        if (v.size() != 30 || v[29] != 29 * 29) ::_exit(13);
-        return 0;
-      },
-      20s);
-  INFO("child exit code " << code << " (10: wrong or no error, 11: later work never ran, 13: wrong values, -1: hung)");
-  CHECK(code == 0);
+  watchdog wd(20s);
+  procpool::Pool pool(square, 2);
+  std::string what;
+  try {
+    (void)pool.map(ThrowingRange{50, 7}, {.chunksize = 1});
+  } catch (const std::runtime_error& e) {
+    what = e.what();
+  }
+  CHECK(what == "input 7 unreadable");
+  auto r = pool.map_async(ThrowingRange{30, -1});
+  REQUIRE(r.wait_for(5s));
+  const auto v = r.get();
+  REQUIRE(v.size() == 30);
+  CHECK(v[29] == 29 * 29);
 }
 
-// An input error aborted the job: the reader got it at once, and items already
-// read, sent and computed were never handed out (with a throw at item 7 and
-// chunks of 2, nothing at all). As in Python, every item read comes out first.
+// As in Python, every item read before the input threw comes out, then the error.
 TEST_CASE("pool: imap hands out every item read before its input threw, then the error",
           "[pool][errors]") {
-  const int code = run_in_child(
-      [] {
-        procpool::Pool pool(square, 2);
-        struct run {
-          int n, bad;
-          std::size_t chunk;
-        };
-        for (const run r : {run{50, 7, 2}, run{50, 7, 1}, run{1000, 500, 0}}) {
-          for (int ordered = 0; ordered < 2; ++ordered) {
-            std::vector<int> got;
-            std::string what;
-            try {
-              if (ordered) {
-                for (int v : pool.imap(ThrowingRange{r.n, r.bad}, {.chunksize = r.chunk}))
-                  got.push_back(v);
-              } else {
-                for (int v : pool.imap_unordered(ThrowingRange{r.n, r.bad}, {.chunksize = r.chunk}))
-                  got.push_back(v);
-              }
-            } catch (const std::runtime_error& e) {
-              what = e.what();
-            }
-            if (what != "input " + std::to_string(r.bad) + " unreadable") return 10;
-            if (got.size() != static_cast<std::size_t>(r.bad)) return 11;
-            if (!ordered) std::sort(got.begin(), got.end(), [](int a, int b) { return a < b; });
-            std::vector<int> want;
-            for (int i = 0; i < r.bad; ++i) want.push_back(i * i);
-            if (!ordered) std::sort(want.begin(), want.end());
-            if (got != want) return 12;
-          }
+  watchdog wd(30s);
+  procpool::Pool pool(square, 2);
+  struct run {
+    int n, bad;
+    std::size_t chunk;
+  };
+  for (const run r : {run{50, 7, 2}, run{50, 7, 1}, run{1000, 500, 0}}) {
+    for (const bool ordered : {false, true}) {
+      INFO((ordered ? "imap" : "imap_unordered") << " over " << r.n << " items, throwing at " << r.bad
+                                                 << ", chunksize " << r.chunk);
+      std::vector<int> got;
+      std::string what;
+      try {
+        if (ordered) {
+          for (int v : pool.imap(ThrowingRange{r.n, r.bad}, {.chunksize = r.chunk})) got.push_back(v);
+        } else {
+          for (int v : pool.imap_unordered(ThrowingRange{r.n, r.bad}, {.chunksize = r.chunk}))
+            got.push_back(v);
         }
-        return 0;
-      },
-      30s);
-  INFO("child exit code " << code
-                          << " (10: wrong or no error, 11: not every item read came out, 12: wrong "
-                             "values, -1: hung)");
-  CHECK(code == 0);
+      } catch (const std::runtime_error& e) {
+        what = e.what();
+      }
+      CHECK(what == "input " + std::to_string(r.bad) + " unreadable");
+      CHECK(got.size() == static_cast<std::size_t>(r.bad));
+      if (!ordered) std::sort(got.begin(), got.end());
+      std::vector<int> want;
+      for (int i = 0; i < r.bad; ++i) want.push_back(i * i);
+      CHECK(got == want);
+    }
+  }
 }
 
-// A result whose load() throws in the parent fails its items; the chunk must
-// still leave the worker's in-flight list, or that worker's later answers are
-// matched to the wrong chunks (later calls fail with "does not match" or hang).
-TEST_CASE("pool: a result whose load() throws in the parent fails the call and the pool stays usable",
+// A result whose load() throws in the parent fails its item alone: its bytes
+// were length-prefixed and consumed, so the items after it in its chunk are
+// still read. The chunk leaves the worker's in-flight list, or that worker's
+// later answers are matched to the wrong chunks (later calls fail with "does
+// not match the chunk" or hang).
+TEST_CASE("pool: a result whose load() throws in the parent fails that item, and the pool goes on",
           "[pool][errors]") {
-  const int code = run_in_child(
-      [] {
-        procpool::Pool pool([](int x) { return CheckedLoad{x == 3 ? -1 : x, ""}; }, 2);
-        bool threw = false;
-        try {
-          (void)pool.map(iota_vec(8), {.chunksize = 1});
-        } catch (const std::exception&) {
-          threw = true;
-        }
-        if (!threw) ::_exit(10);
-        auto r = pool.map_async(iota_vec(20, 10), {.chunksize = 1});
-        if (!r.wait_for(5s)) ::_exit(11);
-        std::vector<CheckedLoad> v;
-        try {
-          v = r.get();
-        } catch (...) {
-          ::_exit(12);
-        }
-        for (int i = 10; i < 30; ++i)
-          if (v.at(static_cast<std::size_t>(i - 10)).v != i) ::_exit(13);
-        return 0;
-      },
-      20s);
-  INFO("child exit code " << code
-                          << " (10: map did not throw, 11: later work never finished, 12: later "
-                             "work failed, 13: wrong values, -1: hung)");
-  CHECK(code == 0);
+  watchdog wd(60s);
+  procpool::Pool pool([](int x) { return CheckedLoad{x == 3 ? -1 : x, "s" + std::to_string(x)}; }, 2);
+  std::string threw;
+  try {
+    const auto out = pool.try_map(iota_vec(40));
+    REQUIRE(out.size() == 40);
+    CHECK_FALSE(out[3].ok());
+    std::string collateral;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      if (i == 3) continue;
+      if (!out[i].ok())
+        collateral += std::to_string(i) + " ";
+      else
+        CHECK(out[i].value().v == static_cast<int>(i));
+    }
+    INFO("other items that failed: " << collateral);
+    CHECK(collateral.empty());
+  } catch (const std::exception& e) {
+    threw = type_and_what(e);
+  }
+  INFO("try_map threw " << threw);
+  CHECK(threw.empty());
+  CHECK_THROWS_AS(pool.map(iota_vec(8), {.chunksize = 1}), std::exception);
+  // Later calls, without the rejected value, work and do not hang.
+  for (const std::size_t chunksize : {std::size_t{0}, std::size_t{1}}) {
+    INFO("later call, chunksize " << chunksize);
+    auto r = pool.map_async(iota_vec(20, 10), {.chunksize = chunksize});
+    REQUIRE(r.wait_for(5s));
+    std::vector<CheckedLoad> v;
+    std::string err;
+    try {
+      v = r.get();
+    } catch (const std::exception& e) {
+      err = type_and_what(e);
+    }
+    INFO(err);
+    CHECK(err.empty());
+    REQUIRE(v.size() == 20);
+    for (int i = 10; i < 30; ++i) CHECK(v[static_cast<std::size_t>(i - 10)].v == i);
+  }
 }
 
 // ---------------------------------------------------------------- workers
@@ -1159,27 +1052,9 @@ TEST_CASE("pool: max_tasks_per_child replaces each worker after that many items"
   CHECK(after.size() == 2);
   for (pid_t p : before) CHECK(std::find(after.begin(), after.end(), p) == after.end());
   // The retired workers were reaped.
-  for (pid_t p : before) CHECK(gone(p));
+  for (pid_t p : before) CHECK(reaped(p));
   // And the pool goes on with fresh workers.
   CHECK(pool.map(std::vector<int>{5, 6}).at(1).first == 36);
-}
-
-// The same bug, reproduced reliably: a worker retires after every item.
-TEST_CASE("pool: max_tasks_per_child=1 over many items never fails", "[pool][workers]") {
-  for (int round = 0; round < stress_pools / 20; ++round) {
-    procpool::Pool pool([](int x) { return x + 1; },
-                        procpool::pool_options{.processes = 2, .max_tasks_per_child = 1});
-    std::string problem;
-    try {
-      const auto out = pool.map(iota_vec(100));
-      for (int i = 0; i < 100 && problem.empty(); ++i)
-        if (out.at(static_cast<std::size_t>(i)) != i + 1) problem = "item " + std::to_string(i) + " wrong";
-    } catch (const std::exception& e) {
-      problem = e.what();
-    }
-    INFO("round " << round);
-    REQUIRE(problem == "");
-  }
 }
 
 TEST_CASE("pool: workers are named ForkPoolWorker-N", "[pool][workers]") {
@@ -1509,7 +1384,7 @@ TEST_CASE("pool: close() then join() finishes pending map_async work first", "[p
   pool.close();
   pool.join();
   CHECK(pool.pids().empty());
-  for (pid_t p : pids) CHECK(gone(p));
+  for (pid_t p : pids) CHECK(reaped(p));
   CHECK(r.ready());
   const auto v = r.get();
   REQUIRE(v.size() == 120);
@@ -1517,25 +1392,6 @@ TEST_CASE("pool: close() then join() finishes pending map_async work first", "[p
   CHECK(single.get() == 42);
   CHECK_THROWS_AS(pool.map(std::vector<int>{1}), procpool::usage_error);
   pool.join();  // again: nothing to do
-}
-
-// The same bug, reproduced reliably: many fresh pools closed and joined at once
-// (about one join in five fails with g++ at the time of writing).
-TEST_CASE("pool: join() after close() never fails", "[pool][lifecycle]") {
-  int failures = 0;
-  std::string first;
-  for (int round = 0; round < stress_pools; ++round) {
-    procpool::Pool pool(square, stress_workers);
-    try {
-      pool.close();
-      pool.join();
-      if (!pool.pids().empty()) throw std::runtime_error("workers left after join()");
-    } catch (const std::exception& e) {
-      if (failures++ == 0) first = "round " + std::to_string(round) + ": " + e.what();
-    }
-  }
-  INFO("first failure: " << first);
-  CHECK(failures == 0);
 }
 
 TEST_CASE("pool: terminate() fails unfinished async results with pool_terminated, promptly",
@@ -1554,8 +1410,8 @@ TEST_CASE("pool: terminate() fails unfinished async results with pool_terminated
   pool.terminate();
   CHECK_THROWS_AS(many.get(), procpool::pool_terminated);
   CHECK_THROWS_AS(one.get(), procpool::pool_terminated);
-  CHECK(seconds_since(t0) < 2.0);
-  for (pid_t p : pids) CHECK(gone(p));
+  CHECK(ms_since(t0) < 2000.0);
+  for (pid_t p : pids) CHECK(reaped(p));
   CHECK_THROWS_AS(pool.map(std::vector<int>{1}), procpool::usage_error);
   pool.terminate();  // twice is harmless
 }
@@ -1574,7 +1430,7 @@ TEST_CASE("pool: destroying the pool fails pending async results with pool_termi
     r.emplace(pool.apply_async(10000));
   }
   CHECK_THROWS_AS(r->get(), procpool::pool_terminated);
-  CHECK(seconds_since(t0) < 2.0);
+  CHECK(ms_since(t0) < 2000.0);
 }
 
 // terminate() from another thread must not wait for a get() in progress to get
@@ -1590,7 +1446,7 @@ TEST_CASE("pool: terminate() from another thread interrupts a get() in progress"
   auto r = pool.apply_async(4000);
   std::exception_ptr err;
   bool got_value = false;
-  double get_returned_at = 0;
+  double get_returned_at_ms = 0;
   const auto t0 = Clock::now();
   std::thread waiter([&] {
     try {
@@ -1599,15 +1455,15 @@ TEST_CASE("pool: terminate() from another thread interrupts a get() in progress"
     } catch (...) {
       err = std::current_exception();
     }
-    get_returned_at = seconds_since(t0);
+    get_returned_at_ms = ms_since(t0);
   });
   sleep_ms(300);
   const auto t1 = Clock::now();
   pool.terminate();
-  const double terminate_took = seconds_since(t1);
+  const double terminate_took_ms = ms_since(t1);
   waiter.join();
-  CHECK(terminate_took < 2.0);
-  CHECK(get_returned_at < 2.5);
+  CHECK(terminate_took_ms < 2000.0);
+  CHECK(get_returned_at_ms < 2500.0);
   CHECK_FALSE(got_value);
   REQUIRE(err != nullptr);
   CHECK_THROWS_AS(std::rethrow_exception(err), procpool::pool_terminated);
@@ -1645,7 +1501,7 @@ TEST_CASE("pool: terminate() ends both a driving caller and one it took over fro
   pool.terminate();
   slow.join();
   fast.join();
-  CHECK(seconds_since(t0) < 2.0);
+  CHECK(ms_since(t0) < 2000.0);
   CHECK(fast_done > 0);
   REQUIRE(slow_err != nullptr);
   CHECK_THROWS_AS(std::rethrow_exception(slow_err), procpool::pool_terminated);
@@ -1689,7 +1545,7 @@ TEST_CASE("pool: a moved Pool keeps working and its results stay valid", "[pool]
   procpool::Pool c(square, 1);
   const auto old_c = c.pids();
   c = std::move(b);  // c's own workers are terminated and reaped
-  for (pid_t p : old_c) CHECK(gone(p));
+  for (pid_t p : old_c) CHECK(reaped(p));
   CHECK(c.size() == 2);
   CHECK(c.apply_async(5).get() == 25);
 }
@@ -1701,11 +1557,11 @@ TEST_CASE("pool: destroying the pool leaves no zombie", "[pool][lifecycle]") {
     CHECK(pool.map(iota_vec(100)).at(99) == 99 * 99);
     pids = pool.pids();
     REQUIRE(pids.size() == 4);
-    for (pid_t p : pids) CHECK_FALSE(gone(p));
+    for (pid_t p : pids) CHECK_FALSE(reaped(p));
   }
   for (pid_t p : pids) {
     INFO("worker " << p);
-    CHECK(gone(p));
+    CHECK(reaped(p));
   }
   // A pool destroyed mid-work, too.
   std::vector<pid_t> busy;
@@ -1719,7 +1575,7 @@ TEST_CASE("pool: destroying the pool leaves no zombie", "[pool][lifecycle]") {
     auto r = pool.map_async(std::vector<int>{5000, 5000});
     busy = pool.pids();
   }
-  for (pid_t p : busy) CHECK(gone(p));
+  for (pid_t p : busy) CHECK(reaped(p));
 }
 
 // std::vector<bool> has no data(): the block-copy fast path must not be used for it.
@@ -1748,8 +1604,7 @@ struct express_fn {
 }  // namespace
 
 TEST_CASE("pool: apply_async's express lane gives the same answers and errors", "[pool][express]") {
-  if (!express_test::have_two_cpus()) return;
-  using express_test::express_call;
+  if (!have_two_cpus()) return;
   procpool::Pool pool(express_fn{}, 2);
 
   auto r = express_call(pool, 7);

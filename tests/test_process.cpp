@@ -14,6 +14,11 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/common.hpp"
+#include "support/child.hpp"
+#include "support/pipe.hpp"
+#include "support/proc.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -40,60 +45,8 @@
 
 namespace {
 
-using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using namespace procpool_test;
 using Task = procpool::Process<std::function<void()>>;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-/// A pipe whose ends are closed by the destructor.
-struct Pipe {
-  int r = -1;
-  int w = -1;
-  Pipe() {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    r = fds[0];
-    w = fds[1];
-  }
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  ~Pipe() {
-    close_r();
-    close_w();
-  }
-  void close_r() {
-    if (r >= 0) ::close(std::exchange(r, -1));
-  }
-  void close_w() {
-    if (w >= 0) ::close(std::exchange(w, -1));
-  }
-};
-
-void write_all(int fd, const std::string& s) noexcept {
-  std::size_t done = 0;
-  while (done < s.size()) {
-    ssize_t n = ::write(fd, s.data() + done, s.size() - done);
-    if (n == -1 && errno == EINTR) continue;
-    if (n <= 0) return;
-    done += static_cast<std::size_t>(n);
-  }
-}
-
-/// Reads until end of file (every write end closed).
-std::string read_all(int fd) {
-  std::string out;
-  char buf[512];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n == -1 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out.append(buf, static_cast<std::size_t>(n));
-  }
-  return out;
-}
 
 /// Waits (at most 5 s) for the one byte a child writes once it is ready.
 bool wait_ready(int fd) {
@@ -101,11 +54,6 @@ bool wait_ready(int fd) {
   if (::poll(&p, 1, 5000) != 1) return false;
   char c = 0;
   return ::read(fd, &c, 1) == 1 && c == 'r';
-}
-
-/// In a child: restore the default action of the signals Catch2 catches.
-void default_signals() noexcept {
-  for (int sig : {SIGINT, SIGILL, SIGFPE, SIGSEGV, SIGTERM, SIGABRT}) std::signal(sig, SIG_DFL);
 }
 
 /// In a child: tell the parent "ready" through fd, then sleep until killed.
@@ -122,14 +70,6 @@ void wait_for_gate(int r, int w) noexcept {
   char c = 0;
   while (::read(r, &c, 1) == -1 && errno == EINTR) {
   }
-}
-
-bool reaped_and_gone(pid_t pid) {
-  int status = 0;
-  const bool echild = ::waitpid(pid, &status, WNOHANG) == -1 && errno == ECHILD;
-  struct stat st {};
-  const bool gone = ::stat(("/proc/" + std::to_string(pid)).c_str(), &st) == -1;
-  return echild && gone;
 }
 
 /// Points fd (1 or 2) at an unlinked temporary file until restore().
@@ -205,20 +145,20 @@ TEST_CASE("a callable that returns gives exit code 0", "[process][exitcode]") {
 }
 
 TEST_CASE("procpool::exit(3) in the child gives exit code 3 and unwinds", "[process][exitcode]") {
-  Pipe pipe;
+  test_pipe pipe;
   struct Unwound {
     int fd;
     ~Unwound() { write_all(fd, "unwound"); }
   };
-  procpool::Process p([w = pipe.w] {
+  procpool::Process p([w = pipe.write_fd()] {
     Unwound guard{w};
     procpool::exit(3);
   });
   p.start();
-  pipe.close_w();
+  pipe.close_write();
   p.join();
   CHECK(p.exitcode() == 3);
-  CHECK(read_all(pipe.r) == "unwound");
+  CHECK(read_all(pipe.read_fd()) == "unwound");
 }
 
 TEST_CASE("_exit(4) in the child gives exit code 4", "[process][exitcode]") {
@@ -249,10 +189,10 @@ TEST_CASE("std::abort in the child gives exit code -SIGABRT", "[process][exitcod
 }
 
 TEST_CASE("kill() of a sleeping child gives exit code -SIGKILL", "[process][exitcode][signal]") {
-  Pipe ready;
-  procpool::Process p([w = ready.w] { ready_then_sleep(w); });
+  test_pipe ready;
+  procpool::Process p([w = ready.write_fd()] { ready_then_sleep(w); });
   p.start();
-  REQUIRE(wait_ready(ready.r));
+  REQUIRE(wait_ready(ready.read_fd()));
   p.kill();
   p.join();
   CHECK(p.exitcode() == -SIGKILL);
@@ -260,14 +200,14 @@ TEST_CASE("kill() of a sleeping child gives exit code -SIGKILL", "[process][exit
 
 TEST_CASE("terminate() of a sleeping child gives exit code -SIGTERM promptly",
           "[process][exitcode][signal]") {
-  Pipe ready;
-  procpool::Process p([w = ready.w] { ready_then_sleep(w); });
+  test_pipe ready;
+  procpool::Process p([w = ready.write_fd()] { ready_then_sleep(w); });
   p.start();
-  REQUIRE(wait_ready(ready.r));
+  REQUIRE(wait_ready(ready.read_fd()));
   const auto t0 = Clock::now();
   p.terminate();
   REQUIRE(p.join_for(1s));
-  CHECK(seconds_since(t0) < 0.5);
+  CHECK(ms_since(t0) < 500.0);
   CHECK(p.exitcode() == -SIGTERM);
 }
 
@@ -284,16 +224,16 @@ TEST_CASE("kill() and terminate() after the child ended change nothing", "[proce
 // join / join_for
 
 TEST_CASE("join_for times out in about the time asked, then kill and join", "[process][join]") {
-  Pipe ready;
-  procpool::Process p([w = ready.w] { ready_then_sleep(w); });
+  test_pipe ready;
+  procpool::Process p([w = ready.write_fd()] { ready_then_sleep(w); });
   p.start();
-  REQUIRE(wait_ready(ready.r));
+  REQUIRE(wait_ready(ready.read_fd()));
   const auto t0 = Clock::now();
   const bool ended = p.join_for(200ms);
-  const double took = seconds_since(t0);
+  const double took_ms = ms_since(t0);
   CHECK_FALSE(ended);
-  CHECK(took >= 0.19);
-  CHECK(took < 0.6);
+  CHECK(took_ms >= 190.0);
+  CHECK(took_ms < 600.0);
   CHECK(p.is_alive());
   CHECK_FALSE(p.exitcode().has_value());
   p.kill();
@@ -306,7 +246,7 @@ TEST_CASE("join_for returns true as soon as the child ends", "[process][join]") 
   p.start();
   const auto t0 = Clock::now();
   CHECK(p.join_for(5s));
-  CHECK(seconds_since(t0) < 1.0);
+  CHECK(ms_since(t0) < 1000.0);
   CHECK(p.exitcode() == 0);
   CHECK(p.join_for(0s));  // already reaped
 }
@@ -336,8 +276,8 @@ TEST_CASE("join twice is fine", "[process][join]") {
 // pids and names
 
 TEST_CASE("the pid is the same seen from both sides", "[process][pid]") {
-  Pipe pipe;
-  procpool::Process p([w = pipe.w] {
+  test_pipe pipe;
+  procpool::Process p([w = pipe.write_fd()] {
     const auto parent = procpool::parent_process();
     write_all(w, std::to_string(::getpid()) + "\n" + std::to_string(procpool::current_process().pid()) +
                      "\n" + std::to_string(parent ? parent->pid() : -1) + "\n" +
@@ -346,8 +286,8 @@ TEST_CASE("the pid is the same seen from both sides", "[process][pid]") {
   });
   CHECK(p.pid() == 0);
   p.start();
-  pipe.close_w();
-  const std::string text = read_all(pipe.r);
+  pipe.close_write();
+  const std::string text = read_all(pipe.read_fd());
   p.join();
   REQUIRE(p.exitcode() == 0);
 
@@ -366,8 +306,8 @@ TEST_CASE("the main process is MainProcess and has no parent", "[process][pid]")
 }
 
 TEST_CASE("a grandchild sees its parent's name and pid", "[process][pid]") {
-  Pipe pipe;
-  procpool::Process outer([w = pipe.w] {
+  test_pipe pipe;
+  procpool::Process outer([w = pipe.write_fd()] {
     procpool::Process inner([w] {
       const auto parent = procpool::parent_process();
       write_all(w, (parent ? parent->name() + " " + std::to_string(parent->pid()) : std::string("<none>")) +
@@ -380,8 +320,8 @@ TEST_CASE("a grandchild sees its parent's name and pid", "[process][pid]") {
   });
   outer.set_name("outer");
   outer.start();
-  pipe.close_w();
-  const std::string text = read_all(pipe.r);
+  pipe.close_write();
+  const std::string text = read_all(pipe.read_fd());
   outer.join();
   CHECK(outer.exitcode() == 0);
   CHECK(text == "outer " + std::to_string(outer.pid()) + " inner\n");
@@ -396,13 +336,13 @@ TEST_CASE("default names are Process-N, numbered in order, and set_name renames"
   CHECK(na > 0);
   CHECK(nb == na + 1);
 
-  Pipe pipe;
-  procpool::Process c([w = pipe.w] { write_all(w, procpool::current_process().name()); });
+  test_pipe pipe;
+  procpool::Process c([w = pipe.write_fd()] { write_all(w, procpool::current_process().name()); });
   c.set_name("renamed worker");
   CHECK(c.name() == "renamed worker");
   c.start();
-  pipe.close_w();
-  CHECK(read_all(pipe.r) == "renamed worker");
+  pipe.close_write();
+  CHECK(read_all(pipe.read_fd()) == "renamed worker");
   c.join();
   CHECK(c.exitcode() == 0);
 }
@@ -411,8 +351,8 @@ TEST_CASE("default names are Process-N, numbered in order, and set_name renames"
 // State: is_alive, exitcode, usage errors
 
 TEST_CASE("is_alive and exitcode before start, while running and after", "[process][state]") {
-  Pipe gate;
-  procpool::Process p([r = gate.r, w = gate.w] {
+  test_pipe gate;
+  procpool::Process p([r = gate.read_fd(), w = gate.write_fd()] {
     wait_for_gate(r, w);
     procpool::exit(5);
   });
@@ -426,7 +366,7 @@ TEST_CASE("is_alive and exitcode before start, while running and after", "[proce
   CHECK(p.is_alive());
   CHECK_FALSE(p.exitcode().has_value());
 
-  gate.close_w();
+  gate.close_write();
   p.join();
   CHECK_FALSE(p.is_alive());
   CHECK(p.exitcode() == 5);
@@ -454,10 +394,10 @@ TEST_CASE("join and join_for before start throw usage_error", "[process][state]"
 // Moving
 
 TEST_CASE("a vector of running processes survives reallocation", "[process][move]") {
-  Pipe gate;
+  test_pipe gate;
   std::vector<Task> processes;  // no reserve: emplace_back moves the started ones
   for (int i = 0; i < 6; ++i) {
-    processes.emplace_back([i, r = gate.r, w = gate.w] {
+    processes.emplace_back([i, r = gate.read_fd(), w = gate.write_fd()] {
       wait_for_gate(r, w);
       procpool::exit(10 + i);
     });
@@ -471,7 +411,7 @@ TEST_CASE("a vector of running processes survives reallocation", "[process][move
   CHECK(pids.size() == processes.size());
   CHECK(pids.count(0) == 0);
 
-  gate.close_w();
+  gate.close_write();
   for (std::size_t i = 0; i < processes.size(); ++i) {
     processes[i].join();
     CHECK(processes[i].exitcode() == 10 + static_cast<int>(i));
@@ -479,8 +419,8 @@ TEST_CASE("a vector of running processes survives reallocation", "[process][move
 }
 
 TEST_CASE("move assignment of a running process into another", "[process][move]") {
-  Pipe gate;
-  Task a([r = gate.r, w = gate.w] {
+  test_pipe gate;
+  Task a([r = gate.read_fd(), w = gate.write_fd()] {
     wait_for_gate(r, w);
     procpool::exit(7);
   });
@@ -494,7 +434,7 @@ TEST_CASE("move assignment of a running process into another", "[process][move]"
 
   b = std::move(a);  // joins b's own child first
 
-  CHECK(reaped_and_gone(bpid));
+  CHECK(reaped(bpid));
   CHECK(a.pid() == 0);
   CHECK_FALSE(a.is_alive());
   CHECK_FALSE(a.exitcode().has_value());
@@ -509,7 +449,7 @@ TEST_CASE("move assignment of a running process into another", "[process][move]"
   CHECK(c.pid() == apid);
   CHECK(c.is_alive());
 
-  gate.close_w();
+  gate.close_write();
   c.join();
   CHECK(c.exitcode() == 7);
 }
@@ -558,48 +498,48 @@ TEST_CASE("no zombie is left after a Process is destroyed", "[process][reap]") {
     unjoined = p.pid();
   }
   {
-    Pipe ready;
-    procpool::Process p([w = ready.w] { ready_then_sleep(w); });
+    test_pipe ready;
+    procpool::Process p([w = ready.write_fd()] { ready_then_sleep(w); });
     p.start();
-    REQUIRE(wait_ready(ready.r));
+    REQUIRE(wait_ready(ready.read_fd()));
     p.kill();
     killed = p.pid();
   }
-  CHECK(reaped_and_gone(joined));
-  CHECK(reaped_and_gone(unjoined));
-  CHECK(reaped_and_gone(killed));
+  CHECK(reaped(joined));
+  CHECK(reaped(unjoined));
+  CHECK(reaped(killed));
 }
 
 TEST_CASE("the destructor terminates and reaps a daemon sleeping forever", "[process][daemon]") {
-  Pipe ready;
+  test_pipe ready;
   pid_t pid = 0;
-  double took = 0;
+  double took_ms = 0;
   {
-    procpool::Process p([w = ready.w] { ready_then_sleep(w); });
+    procpool::Process p([w = ready.write_fd()] { ready_then_sleep(w); });
     CHECK_FALSE(p.daemon());
     p.set_daemon(true);
     CHECK(p.daemon());
     p.start();
     pid = p.pid();
-    REQUIRE(wait_ready(ready.r));
+    REQUIRE(wait_ready(ready.read_fd()));
     const auto t0 = Clock::now();
     {
       auto dying = std::move(p);  // the moved-to Process is a daemon too
       (void)dying;
     }
-    took = seconds_since(t0);
+    took_ms = ms_since(t0);
     CHECK(p.pid() == 0);
   }
-  CHECK(took < 1.5);
-  CHECK(reaped_and_gone(pid));
+  CHECK(took_ms < 1500.0);
+  CHECK(reaped(pid));
 }
 
 TEST_CASE("a daemon that ignores SIGTERM is killed one second later", "[process][daemon]") {
-  Pipe ready;
+  test_pipe ready;
   pid_t pid = 0;
   const auto t0 = Clock::now();
   {
-    procpool::Process p([w = ready.w] {
+    procpool::Process p([w = ready.write_fd()] {
       std::signal(SIGTERM, SIG_IGN);
       write_all(w, "r");
       for (;;) ::pause();
@@ -607,12 +547,12 @@ TEST_CASE("a daemon that ignores SIGTERM is killed one second later", "[process]
     p.set_daemon(true);
     p.start();
     pid = p.pid();
-    REQUIRE(wait_ready(ready.r));
+    REQUIRE(wait_ready(ready.read_fd()));
   }
-  const double took = seconds_since(t0);
-  CHECK(took >= 0.9);
-  CHECK(took < 1.8);
-  CHECK(reaped_and_gone(pid));
+  const double took_ms = ms_since(t0);
+  CHECK(took_ms >= 900.0);
+  CHECK(took_ms < 1800.0);
+  CHECK(reaped(pid));
 }
 
 // ---------------------------------------------------------------------------
@@ -677,7 +617,7 @@ TEST_CASE("another thread's stdout output is never copied into a child",
   int forks = 0;
   int dirty = 0;
   const auto t0 = Clock::now();
-  while (seconds_since(t0) < 1.0 && dirty == 0) {
+  while (ms_since(t0) < 1000.0 && dirty == 0) {
     procpool::Process p([] { ::_exit(__fpending(stdout) > 0 ? 1 : 0); });
     p.start();
     p.join();
@@ -697,8 +637,8 @@ TEST_CASE("the child never runs the parent's atexit handlers", "[process][atexit
   static const bool registered = std::atexit(atexit_probe) == 0;
   REQUIRE(registered);
 
-  Pipe probe;
-  g_atexit_fd = probe.w;
+  test_pipe probe;
+  g_atexit_fd = probe.write_fd();
   std::vector<int> codes;
   {
     procpool::Process returns([] {});
@@ -716,7 +656,7 @@ TEST_CASE("the child never runs the parent's atexit handlers", "[process][atexit
              throws.exitcode().value_or(-99)};
   }
   g_atexit_fd = -1;
-  probe.close_w();
+  probe.close_write();
   CHECK(codes == std::vector<int>{0, 3, 1});
-  CHECK(read_all(probe.r).empty());
+  CHECK(read_all(probe.read_fd()).empty());
 }

@@ -3,7 +3,7 @@
 //
 // Both ends in one process, on plain memory: what is checked here is the
 // bookkeeping of positions, which is the same whatever process holds each end.
-// (The cross-process use is covered by test_pool and test_failure.)
+// (The cross-process use is covered by every test of a Pool.)
 
 #include <procpool/detail/buffer.hpp>
 #include <procpool/detail/ring.hpp>

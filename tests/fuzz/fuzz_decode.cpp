@@ -46,7 +46,7 @@
 
 #include <procpool/procpool.hpp>
 
-#include "../alloc_cap.hpp"
+#include "../support/alloc_cap.hpp"
 
 // ------------------------------------------------ allocation cap
 

@@ -18,3 +18,20 @@
 #define PROCPOOL_TEST_TSAN 1
 #endif
 #endif
+
+namespace procpool_test {
+
+#ifdef PROCPOOL_TEST_ASAN
+inline constexpr bool under_asan = true;
+#else
+inline constexpr bool under_asan = false;
+#endif
+#ifdef PROCPOOL_TEST_TSAN
+inline constexpr bool under_tsan = true;
+#else
+inline constexpr bool under_tsan = false;
+#endif
+/// ASan and TSan replace malloc with the sanitizer runtime's allocator.
+inline constexpr bool sanitizer_malloc = under_asan || under_tsan;
+
+}  // namespace procpool_test

@@ -7,7 +7,7 @@
 
 #include <catch2/catch.hpp>
 
-namespace express_test {
+namespace procpool_test {
 
 /// Whether this machine can give the lane a worker on another CPU at all;
 /// when not, says so in the test's output (the test then skips its checks).
@@ -39,4 +39,4 @@ auto express_call(Pool& pool, const Args&... args) {
   return express_call_after(pool, [] {}, args...);
 }
 
-}  // namespace express_test
+}  // namespace procpool_test

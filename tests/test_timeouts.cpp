@@ -1,0 +1,102 @@
+// task_timeout: a worker whose item runs longer is killed and the item fails
+// with task_timeout; the limit is per item, and saturates rather than wraps.
+//
+// Every test is bounded by ctest's TIMEOUT and by a watchdog.
+
+#include <procpool/procpool.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "support/alloc_cap.hpp"
+#include "support/common.hpp"
+#include "support/outcome.hpp"
+#include "support/watchdog.hpp"
+
+// A single allocation above 256 MiB throws std::bad_alloc (support/alloc_cap.hpp).
+PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
+
+using namespace procpool_test;
+
+TEST_CASE("task_timeout kills a worker whose item runs too long", "[failure][timeout]") {
+  watchdog wd(30s);
+  constexpr int slow = 3;
+  auto f = [](int i) {
+    if (i == slow) sleep_ms(10'000);
+    return i + 1000;
+  };
+  procpool::Pool pool(f, procpool::pool_options{.processes = 2, .task_timeout = 200ms});
+  const auto before = pool.pids();
+  const auto t0 = Clock::now();
+  auto out = pool.try_map(iota_vec(20));
+  const double elapsed = ms_since(t0);
+  REQUIRE(out.size() == 20);
+  check_only_failed<procpool::task_timeout>(
+      out, slow, [](int i) { return i + 1000; },
+      [&](const procpool::task_timeout& e) {
+        CHECK(e.index() == slow);
+        CHECK(e.pid() != 0);
+        CHECK(e.exitcode() == -SIGKILL);
+        CHECK(contains(e.what(), "task_timeout"));
+        CHECK(contains(e.what(), "item 3"));
+      });
+  std::fprintf(stderr, "[timing] try_map with one 10 s item under task_timeout=200ms: %.1f ms\n", elapsed);
+  CHECK(elapsed < 2000.0);
+
+  // map throws the same error, as a task_timeout (and so a worker_lost).
+  const auto t1 = Clock::now();
+  CHECK_THROWS_AS(pool.map(iota_vec(8)), procpool::task_timeout);
+  CHECK(ms_since(t1) < 2000.0);
+
+  // The pool is usable afterwards, with replaced workers.
+  CHECK(pool.map(std::vector<int>{10, 20}) == std::vector<int>{1010, 1020});
+  CHECK(pool.pids().size() == 2);
+  CHECK(pool.pids() != before);
+}
+
+// The limit is kept in nanoseconds: converted unchecked, 18,446,744,073,710 ms
+// (~584.5 years, just past 2^64 ns) became 0.45 ms and every item timed out.
+TEST_CASE("task_timeout: a huge limit means none, a negative one is a usage_error",
+          "[failure][timeout]") {
+  watchdog wd(30s);
+  auto f = [](int i) {
+    sleep_ms(10);
+    return i;
+  };
+  const auto in = iota_vec(10);
+  for (const auto limit :
+       {std::chrono::milliseconds::max(), std::chrono::milliseconds(18'446'744'073'710)}) {
+    INFO("task_timeout = " << limit.count() << " ms");
+    procpool::Pool pool(f, procpool::pool_options{.processes = 2, .task_timeout = limit});
+    CHECK(pool.map(in) == in);
+  }
+  try {
+    procpool::Pool pool(f, procpool::pool_options{.processes = 1, .task_timeout = -5ms});
+    FAIL("no usage_error");
+  } catch (const procpool::usage_error& e) {
+    CHECK(contains(e.what(), "task_timeout is negative (-5 ms)"));
+  }
+}
+
+TEST_CASE("task_timeout is per item, not per chunk", "[failure][timeout]") {
+  watchdog wd(30s);
+  // 10 items of 60 ms in one chunk: 600 ms per chunk, but each item is well
+  // within the 300 ms limit, so nothing may time out.
+  auto f = [](int i) {
+    sleep_ms(60);
+    return i;
+  };
+  procpool::Pool pool(f, procpool::pool_options{.processes = 2, .task_timeout = 300ms});
+  auto out = pool.try_map(iota_vec(20), {.chunksize = 10});
+  for (int i = 0; i < 20; ++i) {
+    INFO("item " << i);
+    REQUIRE(out[i].ok());
+    CHECK(out[i].value() == i);
+  }
+}
