@@ -6,9 +6,9 @@
 #
 # The subset: all of test_process and test_codec, and the pool tests that cover
 # each path (memcpy and cereal values, errors, imap, small queues, worker
-# replacement) without heavy loads. Not test_failure: it replaces operator new
-# (to cap allocations), which memcheck reports as mismatched; ASan and TSan
-# cover it.
+# replacement) without heavy loads. The failure tests (test_worker_death,
+# test_timeouts, ...) kill workers at will and time them; ASan and TSan cover
+# them.
 set -euo pipefail
 pool_subset=(
   "pool: the seed example*" "pool: strings in*" "pool: a cereal-serialized struct*"
