@@ -979,6 +979,50 @@ TEST_CASE("pool: a result whose load() throws in the parent fails that item, and
   }
 }
 
+// A value whose load() throws fails its item alone even inside a pair (whose
+// encoding is element by element, not one length-prefixed block): the next
+// item is found past its encoding. On the argument side (in the worker) and
+// on the result side (in the parent).
+TEST_CASE("pool: a load() that throws inside a pair fails only its item, arguments and results",
+          "[pool][errors]") {
+  watchdog wd(60s);
+  constexpr int n = 1000;
+  procpool::Pool args([](const std::pair<CheckedLoad, int>& p) { return p.first.v + p.second; }, 2);
+  std::vector<std::pair<CheckedLoad, int>> in;
+  for (int i = 0; i < n; ++i) in.push_back({CheckedLoad{i % 100 == 7 ? -1 : i, "a"}, i});
+  const auto out = args.try_map(in);  // default chunks: many items per chunk
+  REQUIRE(out.size() == static_cast<std::size_t>(n));
+  int failed = 0;
+  for (int i = 0; i < n; ++i) {
+    const bool bad = i % 100 == 7;
+    if (!out[static_cast<std::size_t>(i)].ok()) {
+      ++failed;
+      INFO("item " << i);
+      CHECK(bad);
+    } else {
+      CHECK(out[static_cast<std::size_t>(i)].value() == 2 * i);
+    }
+  }
+  CHECK(failed == n / 100);
+
+  procpool::Pool results([](int i) { return std::pair<CheckedLoad, int>{{i % 100 == 7 ? -1 : i, "r"}, i}; }, 2);
+  const auto back = results.try_map(iota_vec(n));
+  REQUIRE(back.size() == static_cast<std::size_t>(n));
+  failed = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto& o = back[static_cast<std::size_t>(i)];
+    if (!o.ok()) {
+      ++failed;
+      INFO("item " << i);
+      CHECK(i % 100 == 7);
+    } else {
+      CHECK(o.value().first.v == i);
+      CHECK(o.value().second == i);
+    }
+  }
+  CHECK(failed == n / 100);
+}
+
 // ---------------------------------------------------------------- workers
 
 TEST_CASE("pool: the initializer runs in every worker, before its tasks", "[pool][workers]") {

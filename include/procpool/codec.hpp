@@ -385,6 +385,36 @@ T decode(reader& in) {
   }
 }
 
+template <class T>
+void skip(reader& in);
+
+template <class T, std::size_t... I>
+void skip_elements(reader& in, std::index_sequence<I...>) {
+  (skip<std::tuple_element_t<I, T>>(in), ...);
+}
+
+/// Moves @p in past one encoded T without decoding it. Every encoding is
+/// self-delimiting (fixed size, a count, or a length prefix), so after one
+/// value fails to decode (a user load() that threw) the next is found; only
+/// corrupted bytes make this throw (decode_error).
+template <class T>
+void skip(reader& in) {
+  if constexpr (bitwise<T>) {
+    in.take(sizeof(T));
+  } else if constexpr (is_contiguous_bitwise<T>::value) {
+    using E = typename T::value_type;
+    const auto n = in.read_value<std::uint64_t>();
+    if (n > in.remaining() / sizeof(E))
+      throw decode_error("procpool: a message claims " + std::to_string(n) +
+                         " elements but holds fewer (truncated or corrupted data)");
+    in.take(static_cast<std::size_t>(n) * sizeof(E));
+  } else if constexpr (is_tuple_like<T>::value) {
+    skip_elements<T>(in, std::make_index_sequence<std::tuple_size_v<T>>{});
+  } else {
+    take_cereal_frame(in);
+  }
+}
+
 /// The bytes of one cereal-encoded value (its length prefix consumed).
 inline reader take_cereal_frame(reader& in) {
   const auto n = in.read_value<std::uint64_t>();

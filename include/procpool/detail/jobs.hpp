@@ -62,11 +62,22 @@ class result_job : public job {
           }
           store(index, std::move(*v));
         } else {
-          store(index, decode<R>(values));
+          // Fails alone too: the next value is found past this one's encoding.
+          const reader value_at = values;
+          std::optional<R> v;
+          try {
+            v.emplace(decode<R>(values));
+          } catch (...) {
+            store_error(index, std::current_exception());
+            values = value_at;
+            skip<R>(values);
+            continue;
+          }
+          store(index, std::move(*v));
         }
       } catch (...) {
-        // A decode_error, or a user load() that threw: the rest of the chunk
-        // cannot be found without this value's length.
+        // Corrupted bytes (or no memory to store a value): the rest of the
+        // chunk cannot be found.
         for (; i < count; ++i) store_error(base + i, std::current_exception());
         return;
       }

@@ -66,15 +66,25 @@ void run_chunk(void* fp, task_context& t) {
     for (std::uint64_t i = 0; i < t.count; ++i) {
       t.begin_item(i);  // before decoding, so a crash in a user load() is blamed on the item
       std::optional<Arg> arg;
+      const reader item_at = t.items;
       try {
         arg.emplace(decode<Arg>(t.items));
       } catch (const exit_request&) {
         throw;  // procpool::exit(n) in a load(): as in a task
       } catch (...) {
-        // The rest of the chunk cannot be found without this item's length.
-        for (; i < t.count; ++i) t.fail_current(i);
+        // This item fails alone: the next one is found past its encoding,
+        // unless the bytes are corrupted (then the rest of the chunk fails).
+        t.fail_current(i);
+        try {
+          t.items = item_at;
+          skip<Arg>(t.items);
+        } catch (...) {
+          for (++i; i < t.count; ++i) t.fail_current(i);
+          t.end_item();
+          return;
+        }
         t.end_item();
-        return;
+        continue;
       }
       const std::size_t mark = t.values.size();
       try {
