@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -227,5 +228,42 @@ TEST_CASE("maps of big items reuse the parent's message buffers", "[memory]") {
   // kept fewer chunks in flight during the first map than during a later one
   // (then at most the 4 the pool keeps, and one being filled).
   CHECK(procpool_test::big_allocations.load() - before <= 5);
+}
+#endif
+
+// RSS, which the sanitizers' allocators (their quarantine) keep high after a free.
+#if !defined(PROCPOOL_TEST_ASAN) && !defined(PROCPOOL_TEST_TSAN)
+TEST_CASE("a huge result or error is not kept after the call, in the parent or the worker",
+          "[memory]") {
+  watchdog wd(60s);
+  // mb > 0: a result of mb MiB; mb < 0: an error message of -mb MiB.
+  procpool::Pool pool(
+      [](int mb) -> std::string {
+        if (mb < 0) throw std::runtime_error(std::string(std::size_t(-mb) << 20, 'e'));
+        return std::string(std::size_t(mb) << 20, 'x');
+      },
+      1);
+  pool.map(std::vector<int>{0});
+  const std::size_t parent_before = rss_bytes();
+  for (int k = 0; k < 2; ++k) CHECK(pool.map(std::vector<int>{100}).at(0).size() == (100u << 20));
+  for (int k = 0; k < 5; ++k) pool.map(std::vector<int>{0, 0, 0});
+  const auto parent_grew = static_cast<long long>(rss_bytes()) - static_cast<long long>(parent_before);
+  INFO("the parent's RSS grew by " << parent_grew / 1024 << " KiB");
+  CHECK(parent_grew < (32ll << 20));
+
+  const pid_t w = pool.pids().at(0);
+  const auto worker_rss = [w] {
+    std::ifstream f("/proc/" + std::to_string(w) + "/statm");
+    std::size_t size = 0, resident = 0;
+    f >> size >> resident;
+    return static_cast<long long>(resident) * ::sysconf(_SC_PAGESIZE);
+  };
+  const long long worker_before = worker_rss();
+  const auto failed = pool.try_map(std::vector<int>{-100});
+  CHECK_FALSE(failed.at(0).ok());
+  pool.map(std::vector<int>{0});
+  const long long worker_grew = worker_rss() - worker_before;
+  INFO("the worker's RSS grew by " << worker_grew / 1024 << " KiB");
+  CHECK(worker_grew < (32ll << 20));
 }
 #endif

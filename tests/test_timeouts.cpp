@@ -100,3 +100,37 @@ TEST_CASE("task_timeout is per item, not per chunk", "[failure][timeout]") {
     CHECK(out[i].value() == i);
   }
 }
+
+TEST_CASE("task_timeout bounds the initializer too: one that hangs is an initializer_error",
+          "[failure][timeout][initializer]") {
+  watchdog wd(30s);
+  procpool::Pool pool([](int x) { return x; },
+                      procpool::pool_options{.processes = 2,
+                                             .initializer = [] { sleep_ms(60'000); },
+                                             .task_timeout = 300ms});
+  const auto t0 = Clock::now();
+  std::string what = "(no error)";
+  try {
+    pool.map(iota_vec(4));
+  } catch (const procpool::initializer_error& e) {
+    what = e.what();
+  } catch (const std::exception& e) {
+    what = type_and_what(e);
+  }
+  INFO("the error: " << what);
+  CHECK(contains(what, "the initializer ran past task_timeout (300 ms)"));
+  CHECK(ms_since(t0) < 10'000.0);
+  // Every later call says the same, at once.
+  CHECK_THROWS_AS(pool.apply_async(1).get(), procpool::initializer_error);
+  CHECK_THROWS_AS(pool.map(iota_vec(2)), procpool::initializer_error);
+}
+
+TEST_CASE("task_timeout: an initializer that returns within it is no error",
+          "[failure][timeout][initializer]") {
+  watchdog wd(30s);
+  procpool::Pool pool([](int x) { return x + 1; },
+                      procpool::pool_options{.processes = 2,
+                                             .initializer = [] { sleep_ms(100); },
+                                             .task_timeout = 2000ms});
+  CHECK(pool.map(iota_vec(6)) == std::vector<int>{1, 2, 3, 4, 5, 6});
+}

@@ -19,12 +19,13 @@ struct pool_options {
   /// Worker processes; 0 means cpu_count().
   std::size_t processes = 0;
   /// Called once in each worker before its first task (and in each replacement).
-  /// If it throws, the pool cannot run tasks: every call fails with initializer_error.
+  /// If it throws, or runs past task_timeout (when set), the pool cannot run
+  /// tasks: every call fails with initializer_error.
   std::function<void()> initializer = {};
   /// A worker that has run this many items exits and is replaced; 0 means never.
   std::size_t max_tasks_per_child = 0;
   /// An item running longer than this has its worker killed and replaced, and
-  /// fails with task_timeout; 0 means no limit.
+  /// fails with task_timeout; 0 means no limit. It bounds the initializer too.
   std::chrono::milliseconds task_timeout{0};
   /// How many times an item whose worker died is run again on another worker
   /// before it fails with worker_lost.

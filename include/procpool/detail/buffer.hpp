@@ -103,8 +103,8 @@ class byte_buffer {
   void append_value(const T& v) {
     append(&v, sizeof v);
   }
-  /// Drops the memory of a buffer that grew large, so one huge message does
-  /// not pin its size for the life of a worker.
+  /// Drops the memory of a buffer that grew past @p limit and holds no more
+  /// than that now, so one huge message does not pin its size for good.
   void shrink_if_above(std::size_t limit) {
     if (cap_ > limit && size_ <= limit) {
       release();

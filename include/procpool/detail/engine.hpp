@@ -214,6 +214,7 @@ inline void engine::spawn_worker(worker& w) {
   s->claims.reset();
   w.reset(byte_ring(&s->tasks, shm_.task_data(w.index), cap_),
           byte_ring(&s->results, shm_.result_data(w.index), cap_), opts_.max_tasks_per_child);
+  w.started_ns = monotonic_ns();
   const pid_t parent = parent_pid_;
   const bool timed = opts_.task_timeout.count() > 0;
   pool_shared* ps = shm_.pool();
@@ -421,6 +422,10 @@ inline bool engine::drain(worker& w) {
     if (w.in.got < size) break;
     w.in.have_header = false;
     on_message(w, w.in.body.data(), w.in.body.size());
+    // A huge answer's buffer is given back: what the pool keeps between calls
+    // stays bounded (as for the chunks' buffers, dispatcher::recycle).
+    w.in.body.clear();
+    w.in.body.shrink_if_above(2 * cap_);
     if (!w.connected()) break;
   }
   return progress;
@@ -558,6 +563,15 @@ inline bool engine::check_workers() {
     // A worker got through the initializer: earlier deaths were not in a row.
     if (deaths_before_ready_ && shared_of(w)->ready.load(std::memory_order_acquire))
       deaths_before_ready_ = 0;
+    if (limit > 0 && !w.timed_out && opts_.initializer &&
+        !shared_of(w)->ready.load(std::memory_order_acquire) && now - w.started_ns > limit) {
+      // The initializer is bounded by task_timeout too: one that hangs would
+      // hang every call.
+      w.timed_out = true;
+      w.timeout_blame = {};
+      send_signal(w.pid, SIGKILL);
+      changed = true;
+    }
     if (limit > 0 && !w.timed_out) {
       const worker_shared* s = shared_of(w);
       // Read twice: only a consistent (seq, item) pair that is still running
@@ -591,7 +605,13 @@ inline void engine::on_death(worker& w, int exitcode) {
   w.pid = 0;
   worker_shared* s = shared_of(w);
   if (opts_.initializer && !s->ready.load()) {
-    if (++deaths_before_ready_ >= max_deaths_before_ready && !broken_)
+    if (w.timed_out && !broken_)
+      break_pool(std::make_exception_ptr(initializer_error(
+          "procpool::Pool: the initializer ran past task_timeout (" +
+          std::to_string(opts_.task_timeout.count()) + " ms) in worker " + std::to_string(pid) +
+          ", which was killed; make it return sooner (or raise task_timeout) and create a new "
+          "Pool")));
+    else if (++deaths_before_ready_ >= max_deaths_before_ready && !broken_)
       break_pool(std::make_exception_ptr(initializer_error(
           "procpool::Pool: " + std::to_string(deaths_before_ready_) +
           " workers in a row died before they were ready, the last, " + std::to_string(pid) +

@@ -140,6 +140,7 @@ struct worker_link {
   task_queue out;
   frame_reader in;
   chunk_timing timing;
+  std::int64_t started_ns = 0;  // when it was forked (the initializer's timeout)
   std::size_t budget = 0;     // items it may still be given (max_tasks_per_child)
   bool timed_out = false;     // killed by the timeout check, which saw:
   death_blame timeout_blame;  // what it was running then

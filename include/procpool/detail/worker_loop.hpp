@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <thread>
 
 #include "../errors.hpp"
@@ -293,9 +294,12 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     } else {
       ch.send_frame(frame_kind::results, vals);
     }
-    in.shrink_if_above(worker_buffer_keep_bytes);
-    values.shrink_if_above(worker_buffer_keep_bytes);
-    direct.shrink_if_above(worker_buffer_keep_bytes);
+    // The answer is sent: a huge message's buffers are given back now, not
+    // kept for the life of the worker.
+    for (byte_buffer* b : {&in, &values, &direct, &errors}) {
+      b->clear();
+      b->shrink_if_above(worker_buffer_keep_bytes);
+    }
   }
 }
 
