@@ -8,7 +8,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -252,12 +251,7 @@ TEST_CASE("a huge result or error is not kept after the call, in the parent or t
   CHECK(parent_grew < (32ll << 20));
 
   const pid_t w = pool.pids().at(0);
-  const auto worker_rss = [w] {
-    std::ifstream f("/proc/" + std::to_string(w) + "/statm");
-    std::size_t size = 0, resident = 0;
-    f >> size >> resident;
-    return static_cast<long long>(resident) * ::sysconf(_SC_PAGESIZE);
-  };
+  const auto worker_rss = [w] { return static_cast<long long>(rss_bytes(w)); };
   const long long worker_before = worker_rss();
   const auto failed = pool.try_map(std::vector<int>{-100});
   CHECK_FALSE(failed.at(0).ok());

@@ -14,6 +14,11 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/child.hpp"
+#include "support/common.hpp"
+#include "support/proc.hpp"
+#include "support/shared.hpp"
+
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -39,8 +44,8 @@
 namespace {
 
 using namespace std::chrono_literals;
-using clk = std::chrono::steady_clock;
 namespace detail = procpool::detail;
+using namespace procpool_test;
 
 /// Installs @p table as the system calls procpool makes, for the scope.
 class syscall_override {
@@ -121,41 +126,6 @@ detail::syscall_table kill_fails(int err) {
   return t;
 }
 
-/// True when this process has no child, running or zombie.
-bool no_children() {
-  errno = 0;
-  return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
-}
-
-/// The state letter of /proc/<pid>/stat ('R', 'S', 'Z', ...); 0 when gone.
-char proc_state(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s;
-  if (!f || !std::getline(f, s)) return 0;
-  const auto rp = s.rfind(')');
-  if (rp == std::string::npos || rp + 2 >= s.size()) return 0;
-  return s[rp + 2];
-}
-
-/// Waits up to 10 s for child @p pid to be dead and reapable; does not reap it.
-/// (Not /proc's 'Z': a thread group leader shows it while its other threads,
-/// a sanitizer's say, still exit, and waitpid does not report it yet.)
-bool wait_zombie(pid_t pid) {
-  const auto t0 = clk::now();
-  for (;;) {
-    siginfo_t si{};
-    if (::waitid(P_PID, static_cast<id_t>(pid), &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-        si.si_pid == pid)
-      return true;
-    if (clk::now() - t0 > 10s) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-}
-
-double ms_since(clk::time_point t0) {
-  return std::chrono::duration<double, std::milli>(clk::now() - t0).count();
-}
-
 /// The what() of the procpool::error that @p fn throws; "(no error)" or
 /// "(another exception)" otherwise.
 std::string pool_error_of(const std::function<void()>& fn) {
@@ -170,28 +140,6 @@ std::string pool_error_of(const std::function<void()>& fn) {
 }
 
 constexpr const char* replacement_failed = "could not start a replacement worker";
-
-/// An object in MAP_SHARED anonymous memory, mapped before the pool forks, so
-/// that workers and the test see the same bytes.
-template <class T>
-class shared {
- public:
-  shared() {
-    void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
-    p_ = new (p) T();
-  }
-  ~shared() {
-    p_->~T();
-    ::munmap(p_, sizeof(T));
-  }
-  shared(const shared&) = delete;
-  shared& operator=(const shared&) = delete;
-  T* get() const { return p_; }
-
- private:
-  T* p_;
-};
 
 /// Items of at least slow_from sleep 20 ms in the worker.
 constexpr int slow_from = 1000;
@@ -299,7 +247,7 @@ TEST_CASE("a worker killed between calls while forks fail breaks the pool: could
     ::kill(pids[0], SIGKILL);
     REQUIRE(wait_zombie(pids[0]));
 
-    const auto t0 = clk::now();
+    const auto t0 = Clock::now();
     const std::string what = pool_error_of([&] { pool.map(slow_items(20), {.chunksize = 1}); });
     INFO("the error: " << what);
     CHECK(what.find(replacement_failed) != std::string::npos);
@@ -383,9 +331,9 @@ TEST_CASE("a worker killed mid-map while forks fail fails that map and the pool,
                                                   15, 16, 17, 18, 19},
                                  {.chunksize = 1});
     // Kill the first worker seen running an item of this map.
-    const auto w0 = clk::now();
+    const auto w0 = Clock::now();
     pid_t victim = 0;
-    while (!victim && clk::now() - w0 < 10s) {
+    while (!victim && Clock::now() - w0 < 10s) {
       for (int i = 0; i < 20 && !victim; ++i) victim = s->started_by[i].load();
       if (!victim) std::this_thread::sleep_for(1ms);
     }
@@ -393,7 +341,7 @@ TEST_CASE("a worker killed mid-map while forks fail fails that map and the pool,
     REQUIRE((victim == pids[0] || victim == pids[1]));
     ::kill(victim, SIGKILL);
 
-    const auto t0 = clk::now();
+    const auto t0 = Clock::now();
     const std::string what = pool_error_of([&] { during.get(); });
     INFO("the error: " << what);
     CHECK(what.find(replacement_failed) != std::string::npos);

@@ -21,6 +21,27 @@
 
 namespace procpool_test {
 
+/// True when this process has no child, running or zombie.
+inline bool no_children() {
+  errno = 0;
+  return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
+}
+
+/// Waits up to 10 s for child @p pid to be dead and reapable; does not reap it.
+/// (Not /proc's 'Z': a thread group leader shows it while its other threads,
+/// a sanitizer's say, still exit, and waitpid does not report it yet.)
+inline bool wait_zombie(pid_t pid) {
+  const auto t0 = Clock::now();
+  for (;;) {
+    siginfo_t si{};
+    if (::waitid(P_PID, static_cast<id_t>(pid), &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        si.si_pid == pid)
+      return true;
+    if (Clock::now() - t0 > std::chrono::seconds(10)) return false;
+    sleep_ms(1);
+  }
+}
+
 /// In a child: a real program's signal dispositions, not Catch2's handlers
 /// for fatal signals, so that such a signal kills the child.
 inline void default_signals() noexcept {

@@ -87,8 +87,9 @@ inline std::set<pid_t> child_pids() {
   return r;
 }
 
-inline std::size_t rss_bytes() {
-  std::ifstream f("/proc/self/statm");
+/// Resident bytes of process @p pid (0: this one).
+inline std::size_t rss_bytes(pid_t pid = 0) {
+  std::ifstream f(pid ? "/proc/" + std::to_string(pid) + "/statm" : std::string("/proc/self/statm"));
   std::size_t size = 0, resident = 0;
   f >> size >> resident;
   return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
