@@ -340,6 +340,17 @@ void encode_tuple_of(byte_buffer& out, const Ts&... args) {
     (encode<Ts>(out, args), ...);  // element by element, as encode_elements does
 }
 
+/// The count and the block of a contiguous container of E, consumed: sets
+/// @p n and returns where the n elements' bytes start.
+template <class E>
+const char* take_elements(reader& in, std::uint64_t& n) {
+  n = in.read_value<std::uint64_t>();
+  if (n > in.remaining() / sizeof(E))
+    throw decode_error("procpool: a message claims " + std::to_string(n) +
+                       " elements but holds fewer (truncated or corrupted data)");
+  return in.take(static_cast<std::size_t>(n) * sizeof(E));
+}
+
 template <class T, std::size_t... I>
 T decode_elements(reader& in, std::index_sequence<I...>) {
   // Braced initialization evaluates left to right, matching encode's order.
@@ -356,12 +367,9 @@ T decode(reader& in) {
     return load_bitwise<T>(in.take(sizeof(T)));
   } else if constexpr (is_contiguous_bitwise<T>::value) {
     using E = typename T::value_type;
-    const auto n = in.read_value<std::uint64_t>();
-    if (n > in.remaining() / sizeof(E))
-      throw decode_error("procpool: a message claims " + std::to_string(n) +
-                         " elements but holds fewer (truncated or corrupted data)");
+    std::uint64_t n = 0;
+    const char* p = take_elements<E>(in, n);
     const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(E);
-    const char* p = in.take(bytes);
     T v;
     v.reserve(static_cast<std::size_t>(n));
     // Only memory from std::allocator: a user's allocator keeps its own policy.
@@ -402,12 +410,8 @@ void skip(reader& in) {
   if constexpr (bitwise<T>) {
     in.take(sizeof(T));
   } else if constexpr (is_contiguous_bitwise<T>::value) {
-    using E = typename T::value_type;
-    const auto n = in.read_value<std::uint64_t>();
-    if (n > in.remaining() / sizeof(E))
-      throw decode_error("procpool: a message claims " + std::to_string(n) +
-                         " elements but holds fewer (truncated or corrupted data)");
-    in.take(static_cast<std::size_t>(n) * sizeof(E));
+    std::uint64_t n = 0;
+    take_elements<typename T::value_type>(in, n);
   } else if constexpr (is_tuple_like<T>::value) {
     skip_elements<T>(in, std::make_index_sequence<std::tuple_size_v<T>>{});
   } else {
