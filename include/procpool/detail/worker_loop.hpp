@@ -294,12 +294,9 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     } else {
       ch.send_frame(frame_kind::results, vals);
     }
-    // The answer is sent: a huge message's buffers are given back now, not
-    // kept for the life of the worker.
-    for (byte_buffer* b : {&in, &values, &direct, &errors}) {
-      b->clear();
-      b->shrink_if_above(worker_buffer_keep_bytes);
-    }
+    // A huge message's buffers are kept while huge messages keep coming, and
+    // given back after the first smaller one: never for the life of the worker.
+    for (byte_buffer* b : {&in, &values, &direct, &errors}) b->shrink_if_above(worker_buffer_keep_bytes);
   }
 }
 
