@@ -206,9 +206,9 @@ TEST_CASE("a retiring worker reaped before its bye is read does not break the po
 #ifndef PROCPOOL_TEST_TSAN
 TEST_CASE("maps of big items reuse the parent's message buffers", "[memory]") {
   watchdog wd(60s);
-  // Each 1 MiB item is a chunk of its own. Each chunk's message used to be a
-  // new 2 MiB allocation, which glibc could hand back to the kernel when freed
-  // and fault in again: thousands of page faults per map, half the bandwidth.
+  // Each 1 MiB item is a chunk of its own. Without reuse, each chunk's message
+  // is a new 2 MiB allocation, which glibc may hand back to the kernel when
+  // freed and fault in again.
   std::vector<std::vector<char>> bufs(48);
   std::vector<std::uint64_t> want;
   for (std::size_t i = 0; i < bufs.size(); ++i) {

@@ -120,7 +120,7 @@ TEST_CASE("move-assigning a Pool terminates the old pool, as destroying it does"
   CHECK(pool.map(iota_vec(3)) == std::vector<int>{2, 3, 4});
 }
 
-// join() used to wait for an imap window that waited for its reader. As in
+// join() must not wait for an imap window that waits for its reader. As in
 // Python, join() runs everything submitted and the results stay readable.
 TEST_CASE("close() and join() return with imap ranges not fully read, and their results stay",
           "[failure][join]") {

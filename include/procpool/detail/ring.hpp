@@ -74,10 +74,10 @@ struct ring_control {
 };
 
 /// One process's view of a ring (capacity a power of two). Each side reads
-/// the other side's position afresh every time: an earlier version cached it
-/// and refreshed the cache only when it said "empty" (or "full"), so a side
-/// waiting for a few more bytes than the cache held (a 16-byte header of
-/// which 14 were cached) waited forever.
+/// the other side's position afresh every time, never a cached copy: a side
+/// waiting for a few more bytes than a cache holds (a 16-byte header of which
+/// 14 arrived) would wait forever if the cache were refreshed only when it
+/// says "empty" (or "full").
 class byte_ring {
  public:
   byte_ring() = default;
