@@ -460,7 +460,7 @@ TEST_CASE("a worker reaped by another part of the program fails its item with a 
       r.get();
     } catch (const procpool::worker_lost& e) {
       what = e.what();
-      CHECK(e.exitcode() == procpool::detail::reaped_elsewhere);
+      CHECK(e.exitcode() == procpool::exitcode_unknown);
     } catch (const std::exception& e) {
       what = std::string("(another exception) ") + e.what();
     }

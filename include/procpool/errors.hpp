@@ -6,6 +6,7 @@
 /// The exception hierarchy. Everything procpool throws on its own account derives
 /// from procpool::error; failed system calls throw std::system_error with errno.
 
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -57,6 +58,10 @@ class task_error : public item_error {
   std::string message_;
 };
 
+/// worker_lost::exitcode() of a worker that another part of the program
+/// reaped first (SIGCHLD set to SIG_IGN, a waitpid(-1) loop): how it ended is unknown.
+inline constexpr int exitcode_unknown = INT_MIN;
+
 /// The worker running the item died (killed by a signal, or exited) before it finished.
 class worker_lost : public item_error {
  public:
@@ -64,7 +69,8 @@ class worker_lost : public item_error {
       : item_error(index, what), pid_(pid), exitcode_(exitcode) {}
   /// The dead worker's pid.
   pid_t pid() const noexcept { return pid_; }
-  /// Python-style exit code: n for exit(n), -N for death by signal N.
+  /// Python-style exit code: n for exit(n), -N for death by signal N;
+  /// exitcode_unknown when someone else reaped the worker.
   int exitcode() const noexcept { return exitcode_; }
 
  private:

@@ -230,6 +230,8 @@ inline void engine::spawn_worker(worker& w) {
   });
 }
 
+static_assert(reaped_elsewhere == exitcode_unknown, "one value for \"reaped elsewhere\"");
+
 /// waitpid for @p w: its exit code once it has ended, nullopt while it runs
 /// (when not @p block). A worker another part of the program reaped first
 /// ended somehow: reaped_elsewhere, and the pool goes on without it.
