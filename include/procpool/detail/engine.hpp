@@ -478,28 +478,10 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
       // next answer must match its next chunk.
       chunk c = take_answered(w);
       std::vector<item_failure> failed;
-      const char* values_at = nullptr;
-      std::size_t values_size = 0;
+      std::optional<reader> values;
       try {
-        reader r(body, size);
-        const auto rh = r.read_value<result_header>();
-        if (rh.seq != c.seq || rh.count != c.count() || rh.errors_at < sizeof rh ||
-            rh.errors_at > size)
-          throw decode_error("procpool: a worker's answer does not match the chunk it was given");
-        reader er(body + rh.errors_at, size - rh.errors_at);
-        for (std::uint64_t k = 0; k < rh.errors; ++k) {
-          item_failure f;
-          f.local = er.read_value<std::uint64_t>();
-          f.type = get_string(er);
-          f.message = get_string(er);
-          if (f.local >= c.count() || (!failed.empty() && f.local <= failed.back().local))
-            throw decode_error("procpool: a worker's error records are corrupted");
-          failed.push_back(std::move(f));
-        }
-        values_at = r.position();
-        values_size = static_cast<std::size_t>(rh.errors_at - sizeof rh);
+        values.emplace(parse_results(body, size, c.seq, c.count(), failed));
       } catch (const decode_error&) {
-        values_at = nullptr;
         const auto e = std::current_exception();
         try {
           for (std::uint64_t i = 0; i < c.count(); ++i) c.owner->fail(c.base + i, e);
@@ -509,13 +491,11 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
       } catch (...) {
         // bad_alloc reading the error records: the chunk is off the in-flight
         // list, so its job fails whole rather than wait for it for ever.
-        values_at = nullptr;
         c.owner->abort(std::current_exception());
       }
-      if (values_at) {
-        reader values(values_at, values_size);
+      if (values) {
         try {
-          c.owner->deliver(c.base, c.count(), failed, values);  // handles its own decode errors
+          c.owner->deliver(c.base, c.count(), failed, *values);  // handles its own decode errors
         } catch (...) {
           c.owner->abort(std::current_exception());  // e.g. bad_alloc storing the values
         }

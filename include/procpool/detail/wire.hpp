@@ -11,7 +11,10 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "../errors.hpp"
 #include "buffer.hpp"
 
 namespace procpool::detail {
@@ -66,6 +69,28 @@ struct item_failure {
   std::string type;
   std::string message;
 };
+
+/// The values of a results body that answers chunk @p seq of @p count items;
+/// its error records go to @p failed, in item order.
+/// @throws decode_error when the body answers another chunk or is corrupted.
+inline reader parse_results(const char* body, std::size_t size, std::uint64_t seq,
+                            std::uint64_t count, std::vector<item_failure>& failed) {
+  reader r(body, size);
+  const auto rh = r.read_value<result_header>();
+  if (rh.seq != seq || rh.count != count || rh.errors_at < sizeof rh || rh.errors_at > size)
+    throw decode_error("procpool: a worker's answer does not match the chunk it was given");
+  reader er(body + rh.errors_at, size - rh.errors_at);
+  for (std::uint64_t k = 0; k < rh.errors; ++k) {
+    item_failure f;
+    f.local = er.read_value<std::uint64_t>();
+    f.type = get_string(er);
+    f.message = get_string(er);
+    if (f.local >= count || (!failed.empty() && f.local <= failed.back().local))
+      throw decode_error("procpool: a worker's error records are corrupted");
+    failed.push_back(std::move(f));
+  }
+  return reader(r.position(), static_cast<std::size_t>(rh.errors_at - sizeof rh));
+}
 
 /// Builds task messages in one buffer: room for the two headers, then the
 /// items (encoded by the caller), then the headers, filled in when the task is
