@@ -7,6 +7,7 @@
 /// from procpool::error; failed system calls throw std::system_error with errno.
 
 #include <climits>
+#include <exception>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -92,6 +93,22 @@ class pool_terminated : public error {
 
 /// pool_options::initializer threw or crashed in a worker; the pool cannot run tasks.
 class initializer_error : public error {
+ public:
+  using error::error;
+};
+
+/// A wait with a time limit ran out before the result was there (Python's
+/// multiprocessing.TimeoutError): async_result::get_for, as_completed. The call
+/// goes on; its result can still be waited for.
+class timeout_error : public error {
+ public:
+  using error::error;
+};
+
+/// A done callback threw (async_result::add_done_callback). get() throws this,
+/// with the callback's own exception nested (std::rethrow_if_nested); the call
+/// itself may have succeeded: successful() says.
+class callback_error : public error, public std::nested_exception {
  public:
   using error::error;
 };

@@ -5,12 +5,15 @@
 /// @file imap_range.hpp
 /// procpool::imap_range, the lazily read results of imap and imap_unordered.
 
+#include <chrono>
 #include <cstddef>
+#include <string>
 #include <iterator>
 #include <memory>
 #include <optional>
 #include <utility>
 
+#include "async_result.hpp"
 #include "detail/engine.hpp"
 #include "detail/jobs.hpp"
 #include "outcome.hpp"
@@ -58,9 +61,17 @@ class imap_range {
 
   /// Waits for the first result. Call once.
   iterator begin() {
+    check_not_pulled("begin");
+    iterating_ = true;
     advance();
     return iterator(this);
   }
+  /// The next result, waiting at most @p timeout (Python's next(timeout));
+  /// nullopt once all were handed out. Throws the item's error if it failed,
+  /// timeout_error when it is not there in time (then call again). Use either
+  /// this or a loop over the range, not both.
+  template <class Rep, class Period>
+  std::optional<R> next_for(std::chrono::duration<Rep, Period> timeout);
   std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
@@ -79,9 +90,35 @@ class imap_range {
     });
   }
 
+  void check_not_pulled(const char* fn) const {
+    if (iterating_ || pulled_)
+      throw usage_error(std::string("procpool::imap_range::") + fn +
+                        (pulled_ ? ": the range is read with next_for(); use one or the other"
+                                 : ": the range is already iterated; begin() once, and do not "
+                                   "mix a loop with next_for()"));
+  }
+
   std::shared_ptr<detail::engine> eng_;
   std::shared_ptr<job_type> job_;
   std::optional<outcome<R>> current_;
+  bool iterating_ = false;  // begin() was called
+  bool pulled_ = false;     // next_for() was called
 };
+
+template <class R, bool Ordered>
+template <class Rep, class Period>
+std::optional<R> imap_range<R, Ordered>::next_for(std::chrono::duration<Rep, Period> timeout) {
+  if (iterating_) check_not_pulled("next_for");
+  pulled_ = true;
+  if (!eng_->run_until([this] { return job_->has_next() || job_->finished(); },
+                       detail::deadline_after(timeout)))
+    throw detail::timed_out("procpool::imap_range::next_for", timeout);
+  std::optional<outcome<R>> o;
+  eng_->locked([&] {
+    if (job_->has_next()) o.emplace(job_->next());
+  });
+  if (!o) return std::nullopt;
+  return std::move(o->value());
+}
 
 }  // namespace procpool

@@ -44,6 +44,10 @@ struct map_options {
   /// that results flow and memory in flight stays bounded. Whatever the count,
   /// a chunk stops growing at half a queue in bytes.
   std::size_t chunksize = 0;
+  /// imap and imap_unordered only: at most this many items are in flight or
+  /// waiting to be read (Python's buffersize); 0 picks a window of a few chunks
+  /// per worker. Chosen chunks then hold at most buffersize / processes items.
+  std::size_t buffersize = 0;
 };
 
 }  // namespace procpool

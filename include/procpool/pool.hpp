@@ -113,6 +113,13 @@ class Pool {
   template <detail::input_range Range>
   auto imap_unordered(Range&& inputs, map_options options = {});
 
+  /// F(args...) in a worker, waiting for the value (Python's Pool.apply).
+  /// @throws the task's error.
+  template <class... Args>
+  auto apply(Args&&... args) {
+    return apply_async(std::forward<Args>(args)...).get();
+  }
+
   /// F(args...) in a worker; returns at once.
   /// @code
   /// auto r = pool.apply_async(7);
@@ -230,6 +237,9 @@ template <detail::call_style S, class Range>
 auto Pool<F>::collect(Range&& inputs, map_options options) {
   using Arg = typename decltype(check_input<S, Range>())::type;
   using R = detail::stored_t<detail::call_result_t<F, Arg, S>>;
+  if (options.buffersize)
+    throw usage_error("procpool::Pool: map_options::buffersize bounds imap and imap_unordered "
+                      "only (map and starmap keep every result); use imap, or leave it 0");
   auto view = detail::hold(std::forward<Range>(inputs));
   const std::size_t n = view.size_hint();
   auto j = start<detail::collect_job<R>, S, decltype(view), Arg>(
@@ -290,12 +300,18 @@ auto Pool<F>::stream(Range&& inputs, map_options options) {
   using R = detail::stored_t<detail::call_result_t<F, Arg, detail::call_style::unary>>;
   auto view = detail::hold(std::forward<Range>(inputs));
   const std::size_t n = view.size_hint();
-  const std::size_t chunk =
-      options.chunksize ? options.chunksize : auto_chunksize<Arg>(n, detail::imap_chunk_cap);
-  const std::size_t window = std::max<std::size_t>(
-      detail::imap_chunks_per_worker * size() * chunk, detail::imap_min_window);
+  // A window the caller sets also bounds the chunks chosen, so that every worker gets some.
+  const std::size_t cap =
+      options.buffersize
+          ? std::clamp<std::size_t>(options.buffersize / size(), 1, detail::imap_chunk_cap)
+          : detail::imap_chunk_cap;
+  const std::size_t chunk = options.chunksize ? options.chunksize : auto_chunksize<Arg>(n, cap);
+  const std::size_t window =
+      options.buffersize ? options.buffersize
+                         : std::max<std::size_t>(detail::imap_chunks_per_worker * size() * chunk,
+                                                 detail::imap_min_window);
   auto j = start<detail::stream_job<R, Ordered>, detail::call_style::unary, decltype(view), Arg>(
-      std::move(view), options.chunksize, detail::imap_chunk_cap, window);
+      std::move(view), options.chunksize, cap, window);
   return imap_range<R, Ordered>(eng_, std::move(j));
 }
 
@@ -334,7 +350,7 @@ auto Pool<F>::apply_async(Args&&... args) {
       c.chunk_runner =
           reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, detail::call_style::apply>);
       eng_->express_post(t);
-      return async_result<R>(eng_, detail::express_handle(eng_, t));
+      return async_result<R>(detail::result_source<R>(eng_, detail::express_handle(eng_, t)));
     }
   }
   // Encoded now, straight from the arguments into the task message (Arg's
@@ -355,10 +371,10 @@ auto Pool<F>::apply_async(Args&&... args) {
   j->runner = reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, detail::call_style::apply>);
   j->chunksize = 1;
   eng_->submit(j);
-  return async_result<R>(eng_, j, [j]() -> R {
+  return async_result<R>(detail::result_source<R>(eng_, j, [j]() -> R {
     auto values = j->take_values();
     if constexpr (!std::is_void_v<R>) return std::move(values.front());
-  });
+  }));
 }
 
 template <class F>
@@ -367,7 +383,8 @@ auto Pool<F>::collect_async(Range&& inputs, map_options options) {
   using Arg = std::remove_cvref_t<detail::range_value_t<Range>>;
   using R = detail::stored_t<detail::call_result_t<F, Arg, S>>;
   auto j = collect<S>(std::forward<Range>(inputs), options);
-  return async_result<std::vector<R>>(eng_, j, [j] { return j->take_values(); });
+  return async_result<std::vector<R>>(
+      detail::result_source<std::vector<R>>(eng_, j, [j] { return j->take_values(); }));
 }
 
 template <class F>

@@ -14,3 +14,4 @@
 #include "async_result.hpp"
 #include "imap_range.hpp"
 #include "pool.hpp"
+#include "wait.hpp"

@@ -31,6 +31,7 @@
 #include "../options.hpp"
 #include "../process.hpp"
 #include "buffer.hpp"
+#include "callback_runner.hpp"
 #include "death_verdict.hpp"
 #include "dispatcher.hpp"
 #include "driver.hpp"
@@ -48,8 +49,8 @@
 
 namespace procpool::detail {
 
-/// The engine of one Pool.
-class engine {
+/// The engine of one Pool. Built by make_shared: the callback thread holds it.
+class engine : public std::enable_shared_from_this<engine> {
  public:
   engine(const pool_options& opts, void* fn);
   ~engine() { terminate(); }
@@ -88,6 +89,16 @@ class engine {
   /// Bytes of each queue.
   std::size_t queue_capacity() const noexcept { return cap_; }
 
+  /// Has the callback thread fire @p c when it settles; false when the pool
+  /// is terminated (then the caller fires it: it has settled or will at once).
+  bool watch_callbacks(std::shared_ptr<completion> c) {
+    check_owner();
+    std::lock_guard lk(m_);
+    return runner_.watch(shared_from_this(), std::move(c));
+  }
+  /// The callback thread's state (callback_runner.hpp).
+  callback_runner& callbacks() noexcept { return runner_; }
+
   // The express lane (express_lane.hpp), for async_result.
   using express_ticket = express_lane::ticket;
   /// Claims a cell of a worker polling now; false when none is, or the lane
@@ -104,6 +115,8 @@ class engine {
     check_owner();
     return lane_.take_error(t);
   }
+  /// Under the lock: true when the cell is finished.
+  bool express_finished(const express_ticket& t) { return express_settled(t); }
   /// Frees a finished cell whose result was read.
   void express_release(const express_ticket& t) noexcept { lane_.release(t); }
   /// The caller's handle is gone: the call still runs, and whoever finishes it frees the cell.
@@ -135,6 +148,8 @@ class engine {
   bool check_workers();  // true if it killed or reaped a worker
   void on_death(worker& w, int exitcode);
   void break_pool(std::exception_ptr e);
+  /// Under @p lk: kills and reaps the workers; every unfinished result fails.
+  void kill_all(std::unique_lock<std::mutex>& lk) noexcept;
   void abort_all(const std::exception_ptr& e);
   bool all_done() const;
   // The express lane's calls, when the engine finishes them.
@@ -159,6 +174,7 @@ class engine {
 
   std::mutex m_;
   driver drv_;
+  callback_runner runner_;  // the done callbacks' thread, once one is added
 };
 
 inline std::size_t engine::checked_workers(const pool_options& opts) {
@@ -711,13 +727,24 @@ inline void engine::join() {
     }
     return !alive;
   });
-  std::lock_guard lk(m_);
+  std::unique_lock lk(m_);
   phase_ = phase::joined;
+  runner_.wait_idle(lk);  // as Python's join: the callbacks of finished work have run
 }
 
 inline void engine::terminate() noexcept {
   if (!owned_here()) return;  // a copy in another process: the workers are not its own
-  std::unique_lock lk(m_);
+  {
+    std::unique_lock lk(m_);
+    runner_.request_stop();  // before the driver is stopped: the runner then ends its wait
+    kill_all(lk);
+    drv_.notify_followers();
+  }
+  // Every result has settled now: the callbacks still due run before terminate returns.
+  runner_.finish([this] { return std::unique_lock(m_); });
+}
+
+inline void engine::kill_all(std::unique_lock<std::mutex>& lk) noexcept {
   lane_.close();
   drv_.stop(lk);  // wakes a driver asleep in wait_for_event, and waits for its round
   if (phase_ == phase::terminated || phase_ == phase::joined) return;

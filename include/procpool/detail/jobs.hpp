@@ -127,6 +127,7 @@ class collect_job : public result_job<R> {
     if (!this->aborted) abort_error_ = std::move(e);
     this->aborted = true;
   }
+  bool failed() const override { return abort_error_ || !errors_.empty(); }
 
   /// The values, by index; throws the error of the lowest failing index.
   std::vector<R> take_values() {
