@@ -1,10 +1,10 @@
 // Counts the words of the files, and of every regular file under the
-// directories, given on the command line, one file per task, with a progress line driven by
-// imap_unordered; then prints the total and the ten most common words.
+// directories, given on the command line, one file per task, over imap_unordered, with a
+// progress line from pool.stats(); then prints the total and the ten most common words.
 // A file that cannot be read is reported and skipped, not fatal.
 //
 //   $ ./wordcount /usr/share/doc
-//   [1234/1234] files
+//   [1234/1234] files, 0 running, 0 queued, 0 unreadable, 0 workers replaced
 //   1234 files, 5678901 words (0 unreadable)
 //   the          123456
 //   ...
@@ -90,8 +90,14 @@ int main(int argc, char** argv) {
     } catch (const procpool::task_error& e) {
       ++failed;  // e.g. a file removed since it was listed
     }
-    if (done % 64 == 0 || done == files.size())
-      std::fprintf(stderr, "\r[%llu/%zu] files", static_cast<unsigned long long>(done), files.size());
+    if (done % 64 == 0 || done == files.size()) {
+      const procpool::pool_stats s = pool.stats();
+      std::fprintf(stderr, "\r[%llu/%zu] files, %llu running, %llu queued, %llu unreadable, %llu workers replaced",
+                   static_cast<unsigned long long>(s.done + s.failed), files.size(),
+                   static_cast<unsigned long long>(s.running), static_cast<unsigned long long>(s.queued),
+                   static_cast<unsigned long long>(s.failed),
+                   static_cast<unsigned long long>(s.workers_replaced));
+    }
   }
   std::fprintf(stderr, "\n");
 

@@ -35,6 +35,7 @@
 #include "imap_range.hpp"
 #include "options.hpp"
 #include "outcome.hpp"
+#include "stats.hpp"
 
 namespace procpool {
 
@@ -147,6 +148,13 @@ class Pool {
   std::size_t size() const noexcept { return eng_->size(); }
   /// The pids of the live workers (they change when workers are replaced).
   std::vector<pid_t> pids() const { return eng_->pids(); }
+  /// Counts of items (submitted, queued, running, done, failed) and of
+  /// workers started and replaced, now; for progress bars.
+  /// @code
+  /// auto s = pool.stats();
+  /// std::printf("%llu of %zu done\n", (unsigned long long)s.done, n);
+  /// @endcode
+  pool_stats stats() const { return eng_->stats(); }
 
  private:
   template <detail::call_style S, class Range>

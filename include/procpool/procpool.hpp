@@ -9,6 +9,7 @@
 #include "errors.hpp"
 #include "process.hpp"
 #include "options.hpp"
+#include "stats.hpp"
 #include "codec.hpp"
 #include "outcome.hpp"
 #include "async_result.hpp"

@@ -70,6 +70,11 @@ class dispatcher {
   }
   /// When a chunk too young to move may move (scheduler.hpp: pick_donor).
   std::int64_t steal_retry_at() const noexcept { return steal_retry_at_; }
+  /// Items cut from calls into chunks so far, less express calls sent again
+  /// through the queues (they were counted when posted); for pool_stats.
+  std::uint64_t items_cut() const noexcept { return items_cut_ - cells_requeued_; }
+  /// Express calls failed here (no memory to requeue them); for pool_stats.
+  std::uint64_t cells_failed() const noexcept { return cells_failed_; }
 
  private:
   worker_shared* shared_of(const worker_link& w) const noexcept { return shm_->worker(w.index); }
@@ -89,6 +94,9 @@ class dispatcher {
   std::function<void()> wake_followers_;
   std::deque<std::shared_ptr<job>> jobs_;
   std::deque<chunk> requeued_;           // run before the jobs' next items
+  std::uint64_t items_cut_ = 0;
+  std::uint64_t cells_requeued_ = 0;
+  std::uint64_t cells_failed_ = 0;
   std::vector<byte_buffer> spare_msgs_;  // answered chunks' buffers, for the next chunks
   std::uint64_t next_seq_ = 1;
   std::int64_t steal_retry_at_ = std::numeric_limits<std::int64_t>::max();
@@ -100,8 +108,10 @@ class dispatcher {
 inline void dispatcher::add_cell(const express_lane::ticket& t) {
   try {
     jobs_.push_front(std::make_shared<cell_job>(*lane_, t, wake_followers_));
+    ++cells_requeued_;
   } catch (...) {
     lane_->fail(t, std::current_exception());
+    ++cells_failed_;
     wake_followers_();
   }
 }
@@ -188,6 +198,7 @@ inline bool dispatcher::next_chunk(worker_link& w, chunk& c, std::size_t workers
     c.attempts = 0;
     j.outstanding += n;
     j.handed += n;
+    items_cut_ += n;
     return true;
   }
   return false;

@@ -30,6 +30,7 @@
 #include "../errors.hpp"
 #include "../options.hpp"
 #include "../process.hpp"
+#include "../stats.hpp"
 #include "buffer.hpp"
 #include "callback_runner.hpp"
 #include "death_verdict.hpp"
@@ -85,6 +86,7 @@ class engine : public std::enable_shared_from_this<engine> {
   void join();
   void terminate() noexcept;
   std::vector<pid_t> pids();
+  pool_stats stats();
   std::size_t size() const noexcept { return workers_.size(); }
   /// Bytes of each queue.
   std::size_t queue_capacity() const noexcept { return cap_; }
@@ -107,7 +109,10 @@ class engine : public std::enable_shared_from_this<engine> {
     return lane_.enabled() && owned_here() && lane_.claim(t);
   }
   express_cell& cell(const express_ticket& t) const noexcept { return lane_.cell(t); }
-  void express_post(const express_ticket& t) noexcept { lane_.post(t); }
+  void express_post(const express_ticket& t) noexcept {
+    express_posted_.fetch_add(1, std::memory_order_relaxed);
+    lane_.post(t);
+  }
   /// Waits until the cell is finished (status and result there) or @p deadline.
   bool express_wait(const express_ticket& t, std::int64_t deadline);
   /// The exception of a cell finished with status_exception; then frees the cell.
@@ -172,6 +177,10 @@ class engine : public std::enable_shared_from_this<engine> {
   phase phase_ = phase::running;
   std::exception_ptr broken_;  // set when the pool can run nothing more
 
+  // For stats(); the rest is counted by the dispatcher and the workers.
+  std::atomic<std::uint64_t> express_posted_{0};
+  std::uint64_t done_ = 0, failed_ = 0, started_ = 0;
+
   std::mutex m_;
   driver drv_;
   callback_runner runner_;  // the done callbacks' thread, once one is added
@@ -231,6 +240,7 @@ inline void engine::spawn_worker(worker& w) {
   w.reset(byte_ring(&s->tasks, shm_.task_data(w.index), cap_),
           byte_ring(&s->results, shm_.result_data(w.index), cap_), opts_.max_tasks_per_child);
   w.started_ns = monotonic_ns();
+  ++started_;
   const pid_t parent = parent_pid_;
   const bool timed = opts_.task_timeout.count() > 0;
   pool_shared* ps = shm_.pool();
@@ -337,6 +347,7 @@ inline bool engine::express_settled(const express_ticket& t) {
 }
 
 inline void engine::fail_cell(const express_ticket& t, std::exception_ptr e) noexcept {
+  ++failed_;
   lane_.fail(t, std::move(e));
   drv_.notify_followers();
 }
@@ -478,6 +489,7 @@ inline bool engine::place_wrapped(worker& w, const byte_ring::pieces& sp) {
   chunk c = take_answered(w);
   sp.copy(sizeof rh, dst, size - sizeof rh);
   c.owner->outstanding -= c.count();
+  done_ += c.count();
   disp_.recycle(std::move(c.msg), workers_.size());
   return true;
 }
@@ -495,6 +507,7 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
       chunk c = take_answered(w);
       std::vector<item_failure> failed;
       std::optional<reader> values;
+      std::size_t failures = c.count();  // unless delivered
       try {
         values.emplace(parse_results(body, size, c.seq, c.count(), failed));
       } catch (const decode_error&) {
@@ -511,12 +524,14 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
       }
       if (values) {
         try {
-          c.owner->deliver(c.base, c.count(), failed, *values);  // handles its own decode errors
+          failures = c.owner->deliver(c.base, c.count(), failed, *values);  // and decode errors
         } catch (...) {
           c.owner->abort(std::current_exception());  // e.g. bad_alloc storing the values
         }
       }
       c.owner->outstanding -= c.count();
+      failed_ += failures;
+      done_ += c.count() - failures;
       disp_.recycle(std::move(c.msg), workers_.size());
       break;
     }
@@ -650,6 +665,7 @@ inline void engine::on_death(worker& w, int exitcode) {
         for (std::uint64_t i = 0; i < c.count(); ++i)
           c.owner->fail(c.base + i, lost_error(c.base + i, pid, exitcode, c.orphaned));
         c.owner->outstanding -= c.count();
+        failed_ += c.count();
         break;
       case chunk_fate::blamed:
         disp_.requeue(c, v.item + 1, c.count());
@@ -658,6 +674,7 @@ inline void engine::on_death(worker& w, int exitcode) {
         } else {
           c.owner->fail(c.base + v.item, blamed(c.base + v.item));
           --c.owner->outstanding;
+          ++failed_;
         }
         disp_.requeue(c, 0, v.item);
         break;
@@ -775,6 +792,25 @@ inline void engine::kill_all(std::unique_lock<std::mutex>& lk) noexcept {
     lane_.for_each_in_flight(static_cast<std::uint32_t>(w.index),
                              [&](const express_ticket& t, std::uint32_t) { fail_cell(t, e); });
   drv_.notify_followers();
+}
+
+inline pool_stats engine::stats() {
+  check_owner();
+  std::lock_guard lk(m_);
+  const pool_shared& ps = *shm_.pool();
+  pool_stats s;
+  s.workers_started = started_;
+  s.workers_replaced = started_ > workers_.size() ? started_ - workers_.size() : 0;
+  for (auto& w : workers_)
+    if (w.pid && shared_of(w)->running_seq.load(std::memory_order_acquire) != 0) ++s.running;
+  s.done = done_ + ps.express_ok.load(std::memory_order_relaxed);
+  s.failed = failed_ + disp_.cells_failed() + ps.express_failed.load(std::memory_order_relaxed);
+  s.submitted = disp_.items_cut() + express_posted_.load(std::memory_order_relaxed);
+  // Read at slightly different instants: never below zero.
+  const std::uint64_t ended = s.done + s.failed + s.running;
+  s.submitted = std::max(s.submitted, ended);
+  s.queued = s.submitted - ended;
+  return s;
 }
 
 inline std::vector<pid_t> engine::pids() {

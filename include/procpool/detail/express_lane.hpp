@@ -160,16 +160,16 @@ class cell_job final : public job {
     return 1;
   }
   bool input_done() const override { return sent_; }
-  void deliver(std::uint64_t, std::uint64_t, const std::vector<item_failure>& failed,
-               reader& values) override {
-    if (finished_) return;
+  std::size_t deliver(std::uint64_t, std::uint64_t, const std::vector<item_failure>& failed,
+                      reader& values) override {
+    if (finished_) return 0;
     express_cell& c = lane_.cell(t_);
     if (!failed.empty()) {
       set_cell_error(c, failed.front().type, failed.front().message);
     } else if (values.remaining() > express_res_bytes) {
       fail(0, std::make_exception_ptr(
                   decode_error("procpool: a worker's answer does not match the call it was given")));
-      return;
+      return 1;
     } else {
       c.status = status_ok;
       c.res_size = static_cast<std::uint32_t>(values.remaining());
@@ -178,6 +178,7 @@ class cell_job final : public job {
     finished_ = true;
     lane_.finish(t_);
     on_finish_();
+    return failed.empty() ? 0 : 1;
   }
   void fail(std::uint64_t, std::exception_ptr e) override {
     if (finished_) return;
@@ -395,12 +396,14 @@ inline bool express_lane::serve(pool_shared& pool, worker_shared& me, void* fn,
     mark_busy(me);
     const bool caller_here = c.caller_cpu >= 0 && c.caller_cpu == current_cpu();
     reinterpret_cast<express_runner>(c.runner)(fn, c);
+    const bool ok = c.status == status_ok;  // before cell_done: the caller may reuse the cell then
     mark_polling(me, monotonic_ns());  // before the caller sees the answer and calls again
     std::uint32_t running = cell_running;
     if (!c.state.compare_exchange_strong(running, cell_done, std::memory_order_acq_rel))
       c.state.store(cell_free, std::memory_order_release);  // dropped: nobody reads it
     // Only now: a death before this blames the cell, which is done (not run again).
     me.running_seq.store(0, std::memory_order_release);
+    (ok ? pool.express_ok : pool.express_failed).fetch_add(1, std::memory_order_relaxed);
     pool.express_finished.fetch_add(1, std::memory_order_release);
     pool.parent_ev.notify();
     ran = true;

@@ -31,9 +31,10 @@ class job {
                                  std::uint64_t& base) = 0;
   /// True when every input item has been handed out.
   virtual bool input_done() const = 0;
-  /// Stores the results of items [base, base + count), failing those in @p failed.
-  virtual void deliver(std::uint64_t base, std::uint64_t count,
-                       const std::vector<item_failure>& failed, reader& values) = 0;
+  /// Stores the results of items [base, base + count), failing those in @p
+  /// failed; returns how many it stored as errors (pool_stats::failed).
+  virtual std::size_t deliver(std::uint64_t base, std::uint64_t count,
+                              const std::vector<item_failure>& failed, reader& values) = 0;
   /// Where the results of items [base, base + count), all fixed-size values
   /// taking @p bytes in all, can be copied as they are; nullptr when they
   /// cannot (then deliver() decodes them).

@@ -36,13 +36,18 @@ namespace procpool::detail {
 template <class R>
 class result_job : public job {
  public:
-  void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
-               reader& values) override {
+  std::size_t deliver(std::uint64_t base, std::uint64_t count,
+                      const std::vector<item_failure>& failed, reader& values) override {
     std::size_t e = 0;
+    std::size_t failures = 0;
+    const auto store_failure = [&](std::uint64_t index, std::exception_ptr err) {
+      ++failures;
+      this->store_error(index, std::move(err));
+    };
     for (std::uint64_t i = 0; i < count; ++i) {
       const std::uint64_t index = base + i;
       if (e < failed.size() && failed[e].local == i) {
-        store_error(index, std::make_exception_ptr(
+        store_failure(index, std::make_exception_ptr(
                                task_error(index, failed[e].type, failed[e].message)));
         ++e;
         continue;
@@ -57,7 +62,7 @@ class result_job : public job {
           try {
             v.emplace(decode_cereal_body<R>(sub));
           } catch (...) {
-            store_error(index, std::current_exception());
+            store_failure(index, std::current_exception());
             continue;
           }
           store(index, std::move(*v));
@@ -68,7 +73,7 @@ class result_job : public job {
           try {
             v.emplace(decode<R>(values));
           } catch (...) {
-            store_error(index, std::current_exception());
+            store_failure(index, std::current_exception());
             values = value_at;
             skip<R>(values);
             continue;
@@ -78,10 +83,11 @@ class result_job : public job {
       } catch (...) {
         // Corrupted bytes (or no memory to store a value): the rest of the
         // chunk cannot be found.
-        for (; i < count; ++i) store_error(base + i, std::current_exception());
-        return;
+        for (; i < count; ++i) store_failure(base + i, std::current_exception());
+        return failures;
       }
     }
+    return failures;
   }
   void fail(std::uint64_t index, std::exception_ptr e) override { store_error(index, std::move(e)); }
 
@@ -103,16 +109,16 @@ class collect_job : public result_job<R> {
 
   using kept_type = std::conditional_t<std::default_initializable<R>, R, std::optional<R>>;
 
-  void deliver(std::uint64_t base, std::uint64_t count, const std::vector<item_failure>& failed,
-               reader& values) override {
+  std::size_t deliver(std::uint64_t base, std::uint64_t count,
+                      const std::vector<item_failure>& failed, reader& values) override {
     // The common case, one block of fixed-size values: copy it straight into place.
     if (failed.empty()) {
       if (char* dst = place(base, count, values.remaining())) {
         values.read(dst, values.remaining());
-        return;
+        return 0;
       }
     }
-    result_job<R>::deliver(base, count, failed, values);
+    return result_job<R>::deliver(base, count, failed, values);
   }
   char* place(std::uint64_t base, std::uint64_t count, std::size_t bytes) override {
     if constexpr (bitwise<R> && std::default_initializable<R> && !std::is_same_v<R, bool>) {

@@ -25,6 +25,9 @@ struct alignas(64) pool_shared {
   event parent_ev;  // the parent sleeps here: results arrived, or task space freed
   // Bumped as each express cell finishes: wakes a driver its caller waits on.
   alignas(64) std::atomic<std::uint32_t> express_finished{0};
+  // Express calls the workers finished with a value, and with an error (pool_stats).
+  std::atomic<std::uint64_t> express_ok{0};
+  std::atomic<std::uint64_t> express_failed{0};
 };
 
 struct alignas(64) worker_shared {
