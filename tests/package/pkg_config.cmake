@@ -48,7 +48,7 @@ file(MAKE_DIRECTORY "${BINARY_DIR}")
 set(_app "${BINARY_DIR}/app")
 set(_deps "${BINARY_DIR}/app.d")
 execute_process(
-  COMMAND "${CXX}" -std=c++20 -O2 -Wall -Wextra ${_cflags}
+  COMMAND "${CXX}" -std=c++20 -O2 -Wall -Wextra -Werror ${_cflags}
           "-DPROCPOOL_EXPECTED_VERSION=\"${_version}\"" -MD -MF "${_deps}"
           "${SOURCE}" -o "${_app}" ${_libs}
   RESULT_VARIABLE _rc)
