@@ -16,6 +16,7 @@ packages=(
   catch2                      # tests
   python3 ca-certificates git
   valgrind                    # .ci/run's memcheck subset (scripts/valgrind.sh)
+  pkg-config                  # the pkg-config consumer (pkgconf on Debian 12)
 )
 
 # --list: print the packages, one line, for callers that run apt-get themselves (.ci/run).

@@ -20,7 +20,8 @@ foreach(_file IN ITEMS
     include/procpool/detail/posix.hpp
     share/cmake/procpool/procpoolConfig.cmake
     share/cmake/procpool/procpoolConfigVersion.cmake
-    share/cmake/procpool/procpoolTargets.cmake)
+    share/cmake/procpool/procpoolTargets.cmake
+    share/pkgconfig/procpool.pc)
   if(NOT EXISTS "${PREFIX}/${_file}")
     message(FATAL_ERROR "not installed: ${PREFIX}/${_file}")
   endif()
