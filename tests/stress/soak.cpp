@@ -119,8 +119,8 @@ void caller(pool_t& pool, unsigned seed, const std::atomic<bool>& stop) {
   stats& st = g_stats;
   std::mt19937 rng(seed);
   while (!stop.load()) {
-    const int kind = static_cast<int>(rng() % 4);
-    const long n = 1 + static_cast<long>(rng() % (kind == 3 ? 64 : 5000));
+    const int kind = static_cast<int>(rng() % 5);
+    const long n = 1 + static_cast<long>(rng() % (kind >= 3 ? 64 : 5000));
     const long base = static_cast<long>(rng() % 1'000'000);
     std::vector<long> in(static_cast<std::size_t>(n));
     for (long i = 0; i < n; ++i) in[static_cast<std::size_t>(i)] = base + i;
@@ -170,6 +170,32 @@ void caller(pool_t& pool, unsigned seed, const std::atomic<bool>& stop) {
         for (long i = 0; i < n; ++i)
           if (seen[static_cast<std::size_t>(i)] != 1)
             violation(where + ": item " + std::to_string(i) + " came out " + std::to_string(seen[static_cast<std::size_t>(i)]) + " times");
+      } else if (kind == 4) {  // apply_async with done callbacks, read through as_completed
+        std::vector<std::atomic<int>> fired(in.size());
+        std::vector<procpool::async_result<long>> rs;
+        rs.reserve(in.size());
+        for (std::size_t i = 0; i < in.size(); ++i) {
+          rs.push_back(pool.apply_async(in[i]));
+          const long want = expected(in[i]);
+          rs.back().add_done_callback(
+              [&fired, i, want, where](const long& v) {
+                if (v != want) violation(where + ": wrong value in a callback");
+                ++fired[i];
+              },
+              [&fired, i, where](std::exception_ptr e) {
+                std::string other;
+                if (lost_index(e, other) != 0) violation(where + ": error callback got " + other);
+                ++fired[i];
+              });
+        }
+        std::size_t yielded = 0;
+        for (std::size_t i : procpool::as_completed(rs)) {
+          ++yielded;
+          // as_completed yields a result once its callbacks ran.
+          if (fired[i].load() != 1)
+            violation(where + ": callback of " + std::to_string(i) + " ran " + std::to_string(fired[i].load()) + " times");
+        }
+        if (yielded != rs.size()) violation(where + ": as_completed yielded " + std::to_string(yielded));
       } else {  // a burst of apply_async (express lane when a worker polls)
         std::vector<procpool::async_result<long>> rs;
         rs.reserve(in.size());
