@@ -4,18 +4,22 @@
 
 /// @file process.hpp
 /// procpool::Process, a callable run in a forked child, and the
-/// current_process() / parent_process() / cpu_count() helpers.
+/// current_process() / parent_process() / active_children() / cpu_count() helpers.
 
 #include <atomic>
 #include <chrono>
 #include <concepts>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
+#include "detail/child_registry.hpp"
 #include "detail/posix.hpp"
 #include "errors.hpp"
 
@@ -44,6 +48,15 @@ process_info current_process();
 
 /// The process that started this one, or nullopt in the main process.
 std::optional<process_info> parent_process();
+
+/// The procpool::Process children this process started that are still running,
+/// in start order, each as its pid and the name it was started under
+/// (Python's multiprocessing.active_children()). Like Python, reaps the ended
+/// ones on the way: their Process keeps the exit code. Pool workers are not
+/// Process objects and are not listed (Pool::pids() lists them); a closed or
+/// destroyed Process is not listed. Empty in a procpool child, which starts
+/// with no children. A child being joined by another thread right now is listed.
+std::vector<process_info> active_children();
 
 /// The number of CPUs online, the default number of pool workers.
 std::size_t cpu_count() noexcept;
@@ -126,6 +139,10 @@ pid_t spawn(const std::string& name, Body&& body) {
 /// Destroying a started, unjoined Process joins it (like std::jthread); a daemon
 /// Process is terminated instead (SIGTERM, then SIGKILL after one second). Either
 /// way the child is reaped: no zombie is left.
+///
+/// sentinel() is a pidfd (Linux 5.3) that polls readable once the child has
+/// ended, to wait on many children, pipes or sockets at once with poll/epoll.
+/// close() releases it early; most members then throw usage_error.
 template <class F, class... Args>
 class Process {
   static_assert(std::is_invocable_v<F, Args...>,
@@ -159,29 +176,42 @@ class Process {
   /// @throws usage_error when already started; std::system_error when fork fails.
   void start();
 
-  /// Waits for the child to end. @throws usage_error when not started.
+  /// Waits for the child to end. @throws usage_error when not started or closed.
   void join();
 
-  /// Waits at most @p timeout; true when the child has ended.
+  /// Waits at most @p timeout; true when the child has ended. Throws as join().
   template <class Rep, class Period>
   bool join_for(std::chrono::duration<Rep, Period> timeout);
 
   /// Python's exitcode: empty while running or before start(); 0 when the callable
   /// returned, n on exit(n) or procpool::exit(n), -N when killed by signal N,
-  /// 1 when the callable threw.
+  /// 1 when the callable threw. Still answers after close().
   std::optional<int> exitcode() const;
 
-  /// The child's pid, 0 before start().
-  pid_t pid() const noexcept { return pid_; }
+  /// The child's pid, 0 before start(); kept after close().
+  pid_t pid() const noexcept { return child_ ? child_->pid : 0; }
 
   /// True from start() until the child ends.
-  bool is_alive() const { return pid_ != 0 && !exitcode(); }
+  bool is_alive() const { return child_ && !exitcode(); }
 
-  /// Sends SIGTERM (no effect once the child has ended).
+  /// Sends SIGTERM (no effect once the child has ended). @throws usage_error after close().
   void terminate() { signal(SIGTERM); }
 
-  /// Sends SIGKILL (no effect once the child has ended).
+  /// Sends SIGKILL (no effect once the child has ended). @throws usage_error after close().
   void kill() { signal(SIGKILL); }
+
+  /// A pidfd that polls readable (POLLIN) once the child has ended (Python's
+  /// sentinel). The Process owns it: do not close it, and do not reap through it
+  /// (waitid(P_PIDFD)): join() or exitcode() reap. Close-on-exec.
+  /// @throws usage_error before start() or after close(); std::system_error with
+  /// pidfd_open's errno when start() could not open one (ENOSYS before Linux 5.3).
+  int sentinel() const;
+
+  /// Releases the pidfd and leaves active_children(); idempotent. Afterwards
+  /// start(), join(), join_for(), sentinel(), terminate() and kill() throw
+  /// usage_error; pid(), exitcode(), is_alive(), name() and daemon() still answer.
+  /// @throws usage_error while the child is still running (join() it first).
+  void close();
 
   /// "Process-N" unless set; the child sees it as current_process().name().
   const std::string& name() const noexcept { return name_; }
@@ -196,13 +226,16 @@ class Process {
   void signal(int sig);
   void finish() noexcept;
   bool reap(bool block) const;
+  void check_not_closed(const char* member) const;
+  void check_started(const char* member) const;
 
   // optional, so that a moved-to Process can hold closures, which cannot be assigned.
   std::optional<std::tuple<F, Args...>> call_;
   std::string name_;
   bool daemon_ = false;
-  pid_t pid_ = 0;
-  mutable std::optional<int> exitcode_;
+  bool closed_ = false;
+  // On the heap, so that active_children()'s registry keeps its address across moves.
+  std::unique_ptr<detail::started_child> child_;
 };
 
 // ---------------------------------------------------------------------------
@@ -215,6 +248,13 @@ inline std::optional<process_info> parent_process() {
   return process_info{s.parent_pid, s.parent_name};
 }
 
+inline std::vector<process_info> active_children() {
+  std::vector<process_info> running;
+  detail::child_registry::instance().for_each_running(
+      [&](pid_t pid, const std::string& name) { running.emplace_back(pid, name); });
+  return running;
+}
+
 inline std::size_t cpu_count() noexcept { return detail::cpu_count(); }
 
 [[noreturn]] inline void exit(int code) {
@@ -223,35 +263,59 @@ inline std::size_t cpu_count() noexcept { return detail::cpu_count(); }
 }
 
 template <class F, class... Args>
+void Process<F, Args...>::check_not_closed(const char* member) const {
+  if (closed_)
+    throw usage_error(std::string("procpool::Process::") + member + ": " + name_ +
+                      " was closed; after close() only pid(), exitcode(), is_alive() and name() "
+                      "answer: make a new Process to run again");
+}
+
+template <class F, class... Args>
+void Process<F, Args...>::check_started(const char* member) const {
+  check_not_closed(member);
+  if (!child_)
+    throw usage_error(std::string("procpool::Process::") + member + ": " + name_ +
+                      " was never started; call start() first");
+}
+
+template <class F, class... Args>
 void Process<F, Args...>::start() {
-  if (pid_ != 0) throw usage_error("procpool::Process::start: " + name_ + " was already started; a Process starts once");
+  check_not_closed("start");
+  if (child_) throw usage_error("procpool::Process::start: " + name_ + " was already started; a Process starts once");
   if (!call_) throw usage_error("procpool::Process::start: this Process was moved from");
+  auto& registry = detail::child_registry::instance();
+  registry.prepare_for_fork();
+  auto child = std::make_unique<detail::started_child>(name_);  // before fork: nothing fails after
   // The child runs the callable once, so it may have the stored values (as std::thread).
-  pid_ = detail::spawn(name_, [this] {
+  child->pid = detail::spawn(name_, [this] {
     std::apply([](F& f, Args&... a) { std::invoke(std::move(f), std::move(a)...); }, *call_);
   });
+  // Nothing else may reap the child yet, so the pidfd names it, not a reuse of its pid.
+  try {
+    child->pidfd = detail::open_pidfd(child->pid);
+  } catch (const std::system_error& e) {
+    child->pidfd_errno = e.code().value();  // sentinel() reports it; the child runs regardless
+  }
+  child_ = std::move(child);
+  registry.add(child_.get());
 }
 
 template <class F, class... Args>
 bool Process<F, Args...>::reap(bool block) const {
-  if (exitcode_) return true;
-  if (auto status = detail::wait_pid(pid_, block)) {
-    exitcode_ = detail::exitcode_from_status(*status);
-    return true;
-  }
-  return false;
+  std::lock_guard reaping(child_->reap_mutex);
+  return child_->reap_locked(block);
 }
 
 template <class F, class... Args>
 void Process<F, Args...>::join() {
-  if (pid_ == 0) throw usage_error("procpool::Process::join: " + name_ + " was never started; call start() first");
+  check_started("join");
   reap(true);
 }
 
 template <class F, class... Args>
 template <class Rep, class Period>
 bool Process<F, Args...>::join_for(std::chrono::duration<Rep, Period> timeout) {
-  if (pid_ == 0) throw usage_error("procpool::Process::join_for: " + name_ + " was never started; call start() first");
+  check_started("join_for");
   const std::int64_t deadline = detail::deadline_after(timeout);
   std::int64_t pause = 50'000;  // poll, backing off from 50 us to 5 ms
   while (!reap(false)) {
@@ -265,13 +329,40 @@ bool Process<F, Args...>::join_for(std::chrono::duration<Rep, Period> timeout) {
 
 template <class F, class... Args>
 std::optional<int> Process<F, Args...>::exitcode() const {
-  if (pid_ != 0) reap(false);
-  return exitcode_;
+  if (!child_) return std::nullopt;
+  std::lock_guard reaping(child_->reap_mutex);
+  child_->reap_locked(false);
+  return child_->exitcode;
 }
 
 template <class F, class... Args>
 void Process<F, Args...>::signal(int sig) {
-  if (pid_ != 0 && !reap(false)) detail::send_signal(pid_, sig);
+  check_not_closed(sig == SIGKILL ? "kill" : "terminate");
+  if (child_ && !reap(false)) detail::send_signal(child_->pid, sig);
+}
+
+template <class F, class... Args>
+int Process<F, Args...>::sentinel() const {
+  check_started("sentinel");
+  if (child_->pidfd < 0)
+    throw std::system_error(child_->pidfd_errno, std::generic_category(),
+                            "procpool::Process::sentinel: " + name_ +
+                                " has no pidfd: pidfd_open failed when it started (it needs "
+                                "Linux 5.3 or later and a free fd); join() and exitcode() still work");
+  return child_->pidfd;
+}
+
+template <class F, class... Args>
+void Process<F, Args...>::close() {
+  if (closed_) return;
+  if (child_) {
+    if (!reap(false))
+      throw usage_error("procpool::Process::close: " + name_ +
+                        " is still running; join() it first (after terminate() or kill() to end it now)");
+    detail::child_registry::instance().remove(child_.get());
+    child_->close_pidfd();
+  }
+  closed_ = true;
 }
 
 template <class F, class... Args>
@@ -281,23 +372,27 @@ void Process<F, Args...>::take(Process&& o) noexcept(nothrow_move) {
   o.call_.reset();
   name_ = std::move(o.name_);
   daemon_ = o.daemon_;
-  pid_ = std::exchange(o.pid_, 0);
-  exitcode_ = std::exchange(o.exitcode_, std::nullopt);
+  closed_ = std::exchange(o.closed_, false);
+  child_ = std::move(o.child_);
 }
 
 template <class F, class... Args>
 void Process<F, Args...>::finish() noexcept {
-  if (pid_ == 0) return;
+  if (!child_) return;
   try {
-    if (daemon_ && !reap(false)) {
-      detail::send_signal(pid_, SIGTERM);
-      if (!join_for(std::chrono::seconds(1))) detail::send_signal(pid_, SIGKILL);
+    if (!closed_) {
+      if (daemon_ && !reap(false)) {
+        detail::send_signal(child_->pid, SIGTERM);
+        if (!join_for(std::chrono::seconds(1))) detail::send_signal(child_->pid, SIGKILL);
+      }
+      reap(true);
     }
-    reap(true);
   } catch (...) {
     // waitpid can only fail here if someone else reaped the child: nothing left to clean.
   }
-  pid_ = 0;
+  detail::child_registry::instance().remove(child_.get());
+  child_->close_pidfd();
+  child_.reset();
 }
 
 }  // namespace procpool

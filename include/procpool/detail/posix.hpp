@@ -5,8 +5,8 @@
 // Every system call procpool makes lives here: wrapped once, retried on EINTR,
 // failures thrown as std::system_error carrying errno. Linux only (futex, prctl).
 //
-// The seam for tests (fmt's FMT_SYSTEM, at run time): fork, waitpid and kill,
-// the calls whose failure the library must handle, go through sys(), a table
+// The seam for tests (fmt's FMT_SYSTEM, at run time): fork, waitpid, kill and
+// pidfd_open, the calls whose failure the library must handle, go through sys(), a table
 // of function pointers that points at the real calls. A test points
 // syscall_hooks at a table of its own to make one fail (tests/test_syscalls.cpp).
 // A run-time switch, not a macro: every translation unit sees the same inline
@@ -51,10 +51,23 @@ struct syscall_table {
   pid_t (*fork)();
   pid_t (*waitpid)(pid_t pid, int* status, int options);
   int (*kill)(pid_t pid, int sig);
+  int (*pidfd_open)(pid_t pid, unsigned flags);
 };
 
+/// pidfd_open(2) through syscall(): Linux 5.3, in every C library's headers or not.
+inline int raw_pidfd_open(pid_t pid, unsigned flags) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, flags));
+#else
+  (void)pid;
+  (void)flags;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
 /// The real calls; a test copies this table and replaces the call it fails.
-inline constexpr syscall_table real_syscalls{&::fork, &::waitpid, &::kill};
+inline constexpr syscall_table real_syscalls{&::fork, &::waitpid, &::kill, &raw_pidfd_open};
 
 /// The table in use. A table installed here must outlive its installation;
 /// fork's hook runs with every signal blocked and stdout/stderr locked.
@@ -186,6 +199,18 @@ inline std::optional<int> wait_pid(pid_t pid, bool block) {
 inline void send_signal(pid_t pid, int sig) {
   if (sys().kill(pid, sig) == -1 && errno != ESRCH) throw_errno("kill");
 }
+
+/// pidfd_open(pid) retried on EINTR: an fd that polls readable (POLLIN) once the
+/// process has ended, and names that process only, even after its pid is reused.
+/// Close-on-exec, as every pidfd is. ENOSYS before Linux 5.3.
+inline int open_pidfd(pid_t pid) {
+  const int fd = retry_eintr([&] { return sys().pidfd_open(pid, 0); });
+  if (fd == -1) throw_errno("pidfd_open");
+  return fd;
+}
+
+/// close(fd), never retried: Linux frees the fd even when close fails with EINTR.
+inline void close_fd(int fd) noexcept { ::close(fd); }
 
 inline std::atomic<pid_t>& cached_pid() noexcept {
   static std::atomic<pid_t> pid{0};
