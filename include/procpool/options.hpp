@@ -24,6 +24,15 @@ struct pool_options {
   std::function<void()> initializer = {};
   /// A worker that has run this many items exits and is replaced; 0 means never.
   std::size_t max_tasks_per_child = 0;
+  /// A worker whose memory (resident set size, as top shows it) passes this many
+  /// bytes after a chunk sends that chunk's results and is replaced; what it had
+  /// queued runs on other workers. 0 means no limit. Read at most once a
+  /// millisecond, between chunks: a chunk's items all run in one worker
+  /// (chunksize = 1 makes it "after an item"). A worker starts with this
+  /// process's RSS (the pages a fork shares count in its RSS): a limit not above
+  /// it throws usage_error here, and a worker over it before its first task (the
+  /// initializer's memory counts) makes the pool unusable (usage_error).
+  std::size_t max_memory_per_child = 0;
   /// An item running longer than this has its worker killed and replaced, and
   /// fails with task_timeout; 0 means no limit. It bounds the initializer too.
   std::chrono::milliseconds task_timeout{0};

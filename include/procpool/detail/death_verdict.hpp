@@ -7,8 +7,11 @@
 // forking; the engine (on_death) carries out the verdict. The errors it
 // builds are the only place their messages are written.
 
+#include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
+#include <iterator>
 #include <string>
 #include <sys/types.h>
 
@@ -68,17 +71,48 @@ constexpr chunk_verdict judge_chunk(const death_blame& blame, std::uint64_t seq,
   return {chunk_fate::requeued, 0, false, orphaned};
 }
 
+/// "512 bytes", "3.5 MiB", "100 MiB", "2.1 GiB": @p n bytes, for a message.
+inline std::string describe_bytes(std::uint64_t n) {
+  static constexpr const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(n);
+  unsigned u = 0;
+  while (v >= 1024 && u + 1 < std::size(units)) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[48];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : v < 10 ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
 /// The error of item @p index (0 for an express call) that worker @p pid died
-/// running (killed by the timeout check when @p timed_out).
+/// running (killed by the timeout check when @p timed_out). A SIGKILL that the
+/// pool did not send (@p killed_by_pool: it did, for a corrupt stream) is
+/// most often the OOM killer's, and the message says so; @p rss_bytes is the
+/// worker's memory at its last check (0: unknown).
 inline std::exception_ptr blamed_error(std::uint64_t index, pid_t pid, int exitcode,
-                                       bool timed_out, long long timeout_ms) {
-  const std::string what =
-      "procpool: worker " + std::to_string(pid) + " " +
-      (timed_out ? "ran past task_timeout (" + std::to_string(timeout_ms) + " ms) and was killed"
-                 : describe_exitcode(exitcode)) +
-      " while running item " + std::to_string(index);
+                                       bool timed_out, long long timeout_ms,
+                                       bool killed_by_pool = false, std::uint64_t rss_bytes = 0) {
+  std::string how = timed_out ? "ran past task_timeout (" + std::to_string(timeout_ms) + " ms) and was killed"
+                              : describe_exitcode(exitcode);
+  if (!timed_out && exitcode == -SIGKILL && !killed_by_pool)
+    how += ", not by the pool (the OOM killer? see dmesg)";
+  std::string what = "procpool: worker " + std::to_string(pid) + " " + how + " while running item " +
+                     std::to_string(index);
+  if (!timed_out && rss_bytes) what += "; its memory (RSS) was " + describe_bytes(rss_bytes) + " at its last check";
   return timed_out ? std::make_exception_ptr(task_timeout(index, pid, exitcode, what))
                    : std::make_exception_ptr(worker_lost(index, pid, exitcode, what));
+}
+
+/// What every call fails with when worker @p pid was over max_memory_per_child
+/// (@p limit) before it ran anything, at @p rss bytes: a replacement would be too.
+inline std::exception_ptr memory_floor_error(pid_t pid, std::uint64_t rss, std::uint64_t limit) {
+  return std::make_exception_ptr(usage_error(
+      "procpool::Pool: worker " + std::to_string(pid) + " started with " + describe_bytes(rss) +
+      " of memory (RSS), over max_memory_per_child (" + describe_bytes(limit) +
+      "), before it ran anything: a worker starts as a copy of this process (the pages it "
+      "shares count in its RSS) and then runs the initializer, so every replacement would be "
+      "over it too; raise max_memory_per_child (0: no limit) and create a new Pool"));
 }
 
 /// The error of item @p index of a chunk whose workers died @p orphaned times

@@ -84,6 +84,7 @@ class dispatcher {
   bool is_idle(const worker_link& w) const;
   worker_load load_of(const worker_link& w) const;
   bool take_back(worker_link& w);
+  bool retire(worker_link& w);
   void flush(worker_link& w) {
     if (w.pid != 0 && w.out.flush()) shared_of(w)->worker_ev.notify();
   }
@@ -207,6 +208,7 @@ inline bool dispatcher::next_chunk(worker_link& w, chunk& c, std::size_t workers
 /// Queues chunks to @p w up to its depth (scheduler.hpp: queue_depth).
 inline bool dispatcher::fill(worker_link& w, std::size_t workers) {
   if (w.pid == 0 || w.out.stop_queued()) return false;
+  if (shared_of(w)->retiring.load(std::memory_order_acquire)) return retire(w);
   // The depth follows how long its last chunk took. A chunk or express call
   // running now counts with the time it has taken so far, once that says
   // "not quick" or the worker has a history: a chunk sent a moment ago to a
@@ -241,6 +243,19 @@ inline bool dispatcher::fill(worker_link& w, std::size_t workers) {
   }
   if (w.budget == 0) w.out.queue_stop();  // max_tasks_per_child reached: retire
   return progress;
+}
+
+/// @p w takes no more tasks (worker_shared::retiring: its memory): what it
+/// holds and has not started goes to the front of requeued_, in order, and it
+/// is told to stop; the engine replaces it when it says bye. The chunks it
+/// declined itself come back when it says it skipped them (engine: on_message).
+inline bool dispatcher::retire(worker_link& w) {
+  std::vector<chunk> moved;
+  while (std::optional<chunk> c = w.out.take_back(shared_of(w)->claims)) moved.push_back(std::move(*c));
+  for (auto it = moved.rbegin(); it != moved.rend(); ++it) requeued_.push_front(std::move(*it));
+  w.budget = 0;
+  w.out.queue_stop();
+  return true;
 }
 
 /// True when @p w could run something now and has nothing: no chunk queued or

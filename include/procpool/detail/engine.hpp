@@ -198,6 +198,20 @@ inline std::size_t engine::checked_workers(const pool_options& opts) {
     throw usage_error("procpool::Pool: task_timeout is negative (" +
                       std::to_string(opts.task_timeout.count()) +
                       " ms); use a positive limit, or 0 for none");
+  if (opts.max_memory_per_child) {
+    // A worker starts with about this process's RSS: under a limit not above
+    // it, every worker would be over from the start.
+    const std::uint64_t rss = self_resident_bytes();
+    if (rss == 0)
+      throw usage_error("procpool::Pool: max_memory_per_child needs /proc/self/statm, which "
+                        "cannot be read here (is /proc mounted?); use 0 for no limit");
+    if (opts.max_memory_per_child <= rss)
+      throw usage_error("procpool::Pool: max_memory_per_child (" +
+                        describe_bytes(opts.max_memory_per_child) +
+                        ") is not above this process's memory (RSS " + describe_bytes(rss) +
+                        "), which each worker starts with (the pages a fork shares count in its "
+                        "RSS); raise it, or use 0 for no limit");
+  }
   return n;
 }
 
@@ -207,7 +221,10 @@ inline engine::engine(const pool_options& opts, void* fn)
       cap_(shared_region::ring_size_for(opts.queue_bytes)),
       parent_pid_(current_pid()),
       shm_(checked_workers(opts), cap_),
-      lane_(shm_, checked_workers(opts), opts.max_tasks_per_child == 0 && opts.retries == 0),
+      // The lane is off when a worker must count its tasks, look at its memory
+      // between them, or have its items rerun: express calls bypass the loop that does.
+      lane_(shm_, checked_workers(opts),
+            opts.max_tasks_per_child == 0 && opts.max_memory_per_child == 0 && opts.retries == 0),
       disp_(shm_, lane_, cap_, [this] { drv_.notify_followers(); }),
       drv_(shm_.pool()->parent_ev) {
   // In nanoseconds, saturated: a limit past ~292 years means "none in practice".
@@ -231,6 +248,8 @@ inline void engine::spawn_worker(worker& w) {
   s->results.head = s->results.tail = 0;
   s->running_seq = 0;
   s->ready = 0;
+  s->rss_bytes = 0;
+  s->retiring = 0;
   s->poll_ns = 0;  // the express lane waits for the new worker to poll
   // A worker killed asleep left its waiter count. Reset with a store, not by
   // constructing the event again: a caller posting an express call may
@@ -250,9 +269,10 @@ inline void engine::spawn_worker(worker& w) {
   void* fn = fn_;
   const std::function<void()>& init = opts_.initializer;
   const bool main_thread = ::gettid() == parent;
+  const std::uint64_t memory_limit = opts_.max_memory_per_child;
   w.pid = spawn(next_process_name("ForkPoolWorker-"), [=, &init] {
     worker_channel ch(ps, s, td, rd, cap, parent);
-    worker_main(ch, fn, init, timed, parent, main_thread);
+    worker_main(ch, fn, init, timed, parent, main_thread, memory_limit);
   });
 }
 
@@ -545,14 +565,19 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
     }
     case frame_kind::skipped: {
       // The answer to a chunk taken back (take_back): its placeholder goes.
+      // Or a chunk the worker declined (it retires: max_memory_per_child): it
+      // runs elsewhere.
       std::uint64_t seq = 0;
       if (size == sizeof seq) std::memcpy(&seq, body, sizeof seq);
-      if (!w.out.answer_due() || !w.out.front().revoked || w.out.front().seq != seq) {
+      const bool declined = w.out.answer_due() && !w.out.front().revoked &&
+                            shared_of(w)->retiring.load(std::memory_order_acquire);
+      if (!w.out.answer_due() || w.out.front().seq != seq || !(w.out.front().revoked || declined)) {
         send_signal(w.pid, SIGKILL);  // not what we took back: the stream is corrupt
         w.corrupt = true;
         break;
       }
-      w.out.pop_answered();
+      chunk c = w.out.pop_answered();
+      if (declined) disp_.requeue(c, 0, c.count());
       break;
     }
     case frame_kind::bye: {
@@ -637,7 +662,8 @@ inline void engine::on_death(worker& w, int exitcode) {
       w.timed_out, w.timeout_blame, {s->running_seq.load(), s->running_item.load()});
   const auto blamed = [&](std::uint64_t index) {
     return blamed_error(index, pid, exitcode, w.timed_out,
-                        static_cast<long long>(opts_.task_timeout.count()));
+                        static_cast<long long>(opts_.task_timeout.count()), w.corrupt,
+                        s->rss_bytes.load(std::memory_order_relaxed));
   };
   // Its express calls: the running one fails when it is blamed, the rest run again.
   lane_.for_each_in_flight(static_cast<std::uint32_t>(w.index),
@@ -680,6 +706,10 @@ inline void engine::on_death(worker& w, int exitcode) {
         break;
     }
   }
+  // A worker over max_memory_per_child before it ran anything: so would be
+  // its replacement, forked from this process with the same initializer.
+  if (s->retiring.load() == static_cast<std::uint32_t>(memory_state::over_at_start) && !broken_)
+    break_pool(memory_floor_error(pid, s->rss_bytes.load(), opts_.max_memory_per_child));
   // Replace it while there is work to do or the pool takes new work.
   if (!broken_ && (phase_ == phase::running || (phase_ == phase::closed && !all_done()))) {
     try {

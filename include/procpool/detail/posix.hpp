@@ -15,9 +15,11 @@
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <climits>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -33,6 +35,7 @@
 #include <typeinfo>
 #include <utility>
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
@@ -232,6 +235,40 @@ inline pid_t current_pid() noexcept {
 inline std::size_t cpu_count() noexcept {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<std::size_t>(n) : 1;
+}
+
+/// Opens /proc/self/statm for resident_bytes(); -1 (errno set) if /proc is not
+/// there. /proc/self is resolved at the open: a forked child opens its own.
+inline int open_self_statm() noexcept {
+  return retry_eintr([] { return ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC); });
+}
+
+inline void close_fd(int fd) noexcept {
+  if (fd >= 0) ::close(fd);  // EINTR: Linux has closed it anyway; not retried
+}
+
+/// The current resident set size, in bytes, of the process whose statm
+/// @p fd is (open_self_statm()): one pread and a parse; 0 if it cannot be read.
+inline std::uint64_t resident_bytes(int fd) noexcept {
+  static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  char buf[128];
+  const ssize_t n = retry_eintr([&] { return ::pread(fd, buf, sizeof buf, 0); });
+  if (n <= 0) return 0;
+  // "size resident shared text lib data dt", in pages.
+  const char* const end = buf + n;
+  const char* p = static_cast<const char*>(std::memchr(buf, ' ', static_cast<std::size_t>(n)));
+  std::uint64_t pages = 0;
+  if (!p || std::from_chars(p + 1, end, pages).ec != std::errc()) return 0;
+  return pages * page;
+}
+
+/// This process's resident set size now (opens, reads, closes); 0 if unknown.
+inline std::uint64_t self_resident_bytes() noexcept {
+  const int fd = open_self_statm();
+  if (fd < 0) return 0;
+  const std::uint64_t r = resident_bytes(fd);
+  close_fd(fd);
+  return r;
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that forked it ends,

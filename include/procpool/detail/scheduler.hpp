@@ -76,6 +76,7 @@ struct claim_board {
     return word[i].compare_exchange_strong(expect, seq | started, std::memory_order_acq_rel);
   }
   /// Parent: true if chunk @p seq was taken back before the worker started it.
+  /// A worker that retires (max_memory_per_child) declines a chunk the same way.
   bool revoke(unsigned i, std::uint64_t seq) noexcept {
     std::uint64_t expect = seq;
     return word[i].compare_exchange_strong(expect, seq | revoked, std::memory_order_acq_rel);

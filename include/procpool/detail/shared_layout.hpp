@@ -30,6 +30,13 @@ struct alignas(64) pool_shared {
   std::atomic<std::uint64_t> express_failed{0};
 };
 
+/// Why a worker takes no more tasks (worker_shared::retiring).
+enum class memory_state : std::uint32_t {
+  ok = 0,
+  over_limit = 1,     // its RSS passed max_memory_per_child after it ran a chunk: it is replaced
+  over_at_start = 2,  // it was over the limit before it ran anything: a replacement would be too
+};
+
 struct alignas(64) worker_shared {
   ring_control tasks;    // parent -> worker
   ring_control results;  // worker -> parent
@@ -39,6 +46,10 @@ struct alignas(64) worker_shared {
   std::atomic<std::uint64_t> running_item{0};
   std::atomic<std::int64_t> running_since{0};
   std::atomic<std::uint32_t> ready{0};  // set after the initializer returned
+  // The worker's memory (worker_loop.hpp: memory_watch), on a line of its own:
+  // the parent reads `retiring` every round, and the line above is written per item.
+  alignas(64) std::atomic<std::uint64_t> rss_bytes{0};  // resident bytes at its last check; 0: none yet
+  std::atomic<std::uint32_t> retiring{0};  // a memory_state: 0, or why it takes no more tasks
   // Who runs each queued task: the worker, or the parent took it back.
   alignas(64) claim_board claims;
   // The express lane: when the worker last looked for work (0: it sleeps), on which CPU.
@@ -47,6 +58,10 @@ struct alignas(64) worker_shared {
   std::atomic<std::uint32_t> cells_posted{0};  // bumped after a cell is posted
   express_cell cells[express_cells];
 };
+
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
+                  std::atomic<std::uint32_t>::is_always_lock_free,
+              "worker_shared's atomics live in shared memory: lock-free, or they are per process");
 
 /// The mapping, and where each part of it lies.
 class shared_region {

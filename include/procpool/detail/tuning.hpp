@@ -90,5 +90,13 @@ inline constexpr std::size_t initial_ring_bytes = std::size_t{256} << 10;
 inline constexpr std::size_t huge_buffer_bytes = std::size_t{4} << 20;
 /// A worker gives back a buffer past this size after the message that grew it.
 inline constexpr std::size_t worker_buffer_keep_bytes = std::size_t{64} << 20;
+/// With max_memory_per_child, a worker reads its RSS after a chunk when this
+/// long has passed since it last did: after every chunk of long items, and at
+/// most once a millisecond (one pread of ~2 us) for a stream of quick ones.
+/// Memory grows only as fast as pages are touched, so the check misses little.
+inline constexpr std::int64_t memory_check_ns = 1'000'000;
+/// Without a limit it still reads it this often, for the message of a worker
+/// killed from outside (the OOM killer): ~0.002% of its time.
+inline constexpr std::int64_t memory_sample_ns = 100'000'000;
 
 }  // namespace procpool::detail

@@ -3,8 +3,9 @@
 #pragma once
 
 // The worker process: its loop (worker_main), its end of the two rings
-// (worker_channel), and what a typed runner sees of the chunk it runs
-// (task_context). Runs only in forked children.
+// (worker_channel), its watch over its own memory (memory_watch), and what a
+// typed runner sees of the chunk it runs (task_context). Runs only in forked
+// children.
 
 #include <atomic>
 #include <csignal>
@@ -138,6 +139,12 @@ class worker_channel {
       }
     }
   }
+  /// Says "I take no more tasks" (@p why) to the parent, which stops this worker
+  /// and replaces it (or, for over_at_start, says why it cannot).
+  void ask_to_retire(memory_state why) noexcept {
+    shared_->retiring.store(static_cast<std::uint32_t>(why), std::memory_order_release);
+    pool_->parent_ev.notify();
+  }
   void send_frame(frame_kind kind, const byte_buffer& body) {
     const frame_header h{frame_magic, static_cast<std::uint32_t>(kind), body.size()};
     last_message_ = sizeof h + body.size();
@@ -196,6 +203,44 @@ class worker_channel {
   std::uint32_t cells_seen_ = 0;  // cells_posted when the cells were last looked at
 };
 
+/// A worker's watch over its own memory: its current resident set size, read
+/// from /proc/self/statm with one pread on a file opened once, in the worker
+/// (/proc/self is resolved at the open). Not getrusage's ru_maxrss: that is the
+/// peak, which never comes down, so a worker that freed its memory would still
+/// look big. Each reading is published in worker_shared, for the message of a
+/// worker killed from outside. Reads at most every memory_check_ns with a
+/// limit, memory_sample_ns without.
+class memory_watch {
+ public:
+  memory_watch(worker_shared* shared, std::uint64_t limit) noexcept
+      : shared_(shared),
+        limit_(limit),
+        every_(limit ? memory_check_ns : memory_sample_ns),
+        fd_(open_self_statm()) {}
+  memory_watch(const memory_watch&) = delete;
+  memory_watch& operator=(const memory_watch&) = delete;
+  ~memory_watch() { close_fd(fd_); }
+
+  /// True when a reading is due at @p now: the one comparison a chunk pays.
+  bool due(std::int64_t now) const noexcept { return now >= next_; }
+  /// Reads and publishes the RSS; true when it is over the limit. Without
+  /// /proc there is nothing to read (the parent refused a limit then).
+  bool over(std::int64_t now) noexcept {
+    next_ = now + every_;
+    if (fd_ < 0) return false;
+    const std::uint64_t rss = resident_bytes(fd_);
+    shared_->rss_bytes.store(rss, std::memory_order_relaxed);
+    return limit_ && rss > limit_;
+  }
+
+ private:
+  worker_shared* shared_;
+  std::uint64_t limit_;  // bytes; 0: none
+  std::int64_t every_;
+  int fd_;
+  std::int64_t next_ = 0;
+};
+
 /// Makes this worker end within ~100 ms of its parent, even mid-task.
 /// The kernel's parent-death signal fires when the forking *thread* ends, so it
 /// is used only when the main thread forked (whose end is, in practice, the
@@ -214,9 +259,11 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
 }
 
 /// The loop a pool worker runs until told to stop. Never returns.
+/// @p memory_limit: pool_options::max_memory_per_child.
 [[noreturn]] inline void worker_main(worker_channel& ch, void* fn,
                                      const std::function<void()>& initializer,
-                                     bool timed, pid_t parent, bool forked_by_main_thread) {
+                                     bool timed, pid_t parent, bool forked_by_main_thread,
+                                     std::uint64_t memory_limit) {
   // The parent decides what Ctrl-C means; workers end with it.
   ::signal(SIGINT, SIG_IGN);
   follow_parent(parent, forked_by_main_thread);
@@ -234,11 +281,25 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
       child_exit(1);
     }
   }
+  // Over the limit before running anything (a big parent, a big initializer):
+  // retiring cannot help, and the parent says so instead of forking again.
+  memory_watch memory(ch.shared(), memory_limit);
+  bool retiring = memory.over(monotonic_ns());
+  if (retiring) ch.ask_to_retire(memory_state::over_at_start);
+  bool ran_any = false;  // a chunk: only then may a worker retire over the limit
   ch.shared()->ready.store(1, std::memory_order_release);
   ch.enable_express(fn);
   for (;;) {
     ch.serve_cells();
-    ch.mark_polling(monotonic_ns());
+    const std::int64_t now = monotonic_ns();
+    // Between chunks, with the last one's results sent: over the limit, the
+    // worker takes no more tasks (it declines those queued, below) and the
+    // parent stops and replaces it, as at max_tasks_per_child.
+    if (memory.due(now) && memory.over(now) && ran_any && !retiring) {
+      retiring = true;
+      ch.ask_to_retire(memory_state::over_limit);
+    }
+    ch.mark_polling(now);
     frame_header h;
     ch.read_exact(reinterpret_cast<char*>(&h), sizeof h);
     if (h.magic != frame_magic) child_exit(70);  // the parent sees a lost worker
@@ -260,8 +321,13 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     }
     reader r(body, size);
     const auto th = r.read_value<task_header>();
-    if (!ch.shared()->claims.take(static_cast<unsigned>(th.claim % claim_board::words), th.seq)) {
-      // The parent gave this task to another worker: say it was passed over.
+    claim_board& claims = ch.shared()->claims;
+    const auto claim = static_cast<unsigned>(th.claim % claim_board::words);
+    if (retiring || !claims.take(claim, th.seq)) {
+      // The parent gave this task to another worker, or this worker declines
+      // it (retiring: it revokes the claim as the parent would, and the parent
+      // sends the task elsewhere): say it was passed over.
+      if (retiring) claims.revoke(claim, th.seq);
       if (in_place) ch.release(size);
       out.clear();
       out.append_value(th.seq);
@@ -283,6 +349,7 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     ch.mark_busy();
     task_context ctx{r, th.seq, th.count, vals, errors, 0, ch.shared(), timed};
     reinterpret_cast<runner_fn>(th.runner)(fn, ctx);
+    ran_any = true;
     if (in_place) ch.release(size);
     const result_header rh{th.seq, th.count, ctx.error_count, vals.size()};
     std::memcpy(vals.data(), &rh, sizeof rh);
