@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <csignal>
 #include <functional>
+#include <cstdio>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -53,6 +54,16 @@ short poll_one(int fd, int timeout_ms) {
 }
 
 bool fd_open(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
+
+/// True when @p fd is an open pidfd. A child may reuse the number of a pidfd
+/// it closed for another file (a pool worker opens /proc/self/statm).
+bool is_pidfd(int fd) {
+  char link[64];
+  std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  char target[64] = {};
+  const ssize_t n = ::readlink(link, target, sizeof target - 1);
+  return n > 0 && std::string(target, static_cast<std::size_t>(n)) == "anon_inode:[pidfd]";
+}
 
 std::vector<pid_t> active_pids() {
   std::vector<pid_t> pids;
@@ -321,27 +332,27 @@ TEST_CASE("active_children is empty in a Process child, a pool worker and a fork
   REQUIRE(procpool::active_children().size() == 1);
 
   procpool::Process child([inherited] {
-    procpool::exit(procpool::active_children().size() * 10 + (fd_open(inherited) ? 1 : 0));
+    procpool::exit(procpool::active_children().size() * 10 + (is_pidfd(inherited) ? 1 : 0));
   });
   child.start();
   child.join();
   CHECK(child.exitcode() == 0);
 
   procpool::Pool pool([inherited](int) {
-    return static_cast<int>(procpool::active_children().size() * 10 + (fd_open(inherited) ? 1 : 0));
+    return static_cast<int>(procpool::active_children().size() * 10 + (is_pidfd(inherited) ? 1 : 0));
   }, 1);
   CHECK(pool.map(std::vector<int>{0}) == std::vector<int>{0});
   pool.terminate();
 
   const pid_t raw = fork_child([inherited] {
-    return static_cast<int>(procpool::active_children().size() * 10 + (fd_open(inherited) ? 1 : 0));
+    return static_cast<int>(procpool::active_children().size() * 10 + (is_pidfd(inherited) ? 1 : 0));
   });
   const auto status = wait_child(raw, 10s);
   REQUIRE(status);
   CHECK(WIFEXITED(*status));
   CHECK(WEXITSTATUS(*status) == 0);
 
-  CHECK(fd_open(inherited));  // the parent's own stays open
+  CHECK(is_pidfd(inherited));  // the parent's own stays open
   gate.close_write();
   sibling.join();
 }

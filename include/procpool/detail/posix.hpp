@@ -212,9 +212,6 @@ inline int open_pidfd(pid_t pid) {
   return fd;
 }
 
-/// close(fd), never retried: Linux frees the fd even when close fails with EINTR.
-inline void close_fd(int fd) noexcept { ::close(fd); }
-
 inline std::atomic<pid_t>& cached_pid() noexcept {
   static std::atomic<pid_t> pid{0};
   return pid;
@@ -243,8 +240,9 @@ inline int open_self_statm() noexcept {
   return retry_eintr([] { return ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC); });
 }
 
+/// close(fd) for fd >= 0, never retried: Linux frees the fd even when close fails with EINTR.
 inline void close_fd(int fd) noexcept {
-  if (fd >= 0) ::close(fd);  // EINTR: Linux has closed it anyway; not retried
+  if (fd >= 0) ::close(fd);
 }
 
 /// The current resident set size, in bytes, of the process whose statm
