@@ -134,3 +134,70 @@ TEST_CASE("task_timeout: an initializer that returns within it is no error",
                                              .task_timeout = 2000ms});
   CHECK(pool.map(iota_vec(6)) == std::vector<int>{1, 2, 3, 4, 5, 6});
 }
+
+TEST_CASE("a call's own timeout: map_options::timeout in a pool without task_timeout",
+          "[failure][timeout]") {
+  watchdog wd(30s);
+  auto f = [](int ms) {
+    sleep_ms(ms);
+    return ms;
+  };
+  procpool::Pool pool(f, 2);
+  const auto t0 = Clock::now();
+  const std::vector<int> in{0, 5000, 10, 0};
+  auto out = pool.try_map(in, {.chunksize = 1, .timeout = 200ms});
+  const double elapsed = ms_since(t0);
+  REQUIRE(out.size() == 4);
+  check_only_failed<procpool::task_timeout>(
+      out, 1, [&](int i) { return in[static_cast<std::size_t>(i)]; },
+      [&](const procpool::task_timeout& e) {
+        CHECK(e.index() == 1);
+        CHECK(contains(e.what(), "its call's timeout (200 ms)"));
+      });
+  CHECK(elapsed < 3000.0);
+  // Without a timeout of its own, the next call's long item is not killed.
+  CHECK(pool.map(std::vector<int>{400}) == std::vector<int>{400});
+}
+
+TEST_CASE("a call's own timeout overrides task_timeout, longer or shorter", "[failure][timeout]") {
+  watchdog wd(30s);
+  auto f = [](int ms) {
+    sleep_ms(ms);
+    return ms;
+  };
+  procpool::Pool pool(f, procpool::pool_options{.processes = 2, .task_timeout = 150ms});
+  // Longer: 600 ms items under the call's 5 s.
+  CHECK(pool.apply_async(procpool::call_options{.timeout = 5s}, 600).get() == 600);
+  CHECK(pool.map(std::vector<int>{600, 0}, {.timeout = 5s}) == std::vector<int>{600, 0});
+  CHECK(pool.apply(procpool::call_options{.timeout = 5s}, 300) == 300);
+  // The pool's own limit still holds for the others.
+  CHECK_THROWS_AS(pool.apply(600), procpool::task_timeout);
+  // Shorter: a 50 ms limit in a pool of 150 ms.
+  try {
+    (void)pool.apply_async(procpool::call_options{.timeout = 50ms}, 2000).get();
+    FAIL("a 2 s call outlived its 50 ms timeout");
+  } catch (const procpool::task_timeout& e) {
+    CHECK(contains(e.what(), "its call's timeout (50 ms)"));
+  }
+}
+
+TEST_CASE("two calls at once, one with a timeout: only its item is killed", "[failure][timeout]") {
+  watchdog wd(30s);
+  auto f = [](int ms) {
+    sleep_ms(ms);
+    return ms;
+  };
+  procpool::Pool pool(f, 2);
+  auto untimed = pool.apply_async(1200);
+  auto timed = pool.apply_async(procpool::call_options{.timeout = 100ms}, 3000);
+  CHECK_THROWS_AS(timed.get(), procpool::task_timeout);
+  CHECK(untimed.get() == 1200);
+}
+
+TEST_CASE("a negative timeout of a call is a usage_error", "[failure][timeout]") {
+  watchdog wd(30s);
+  procpool::Pool pool([](int x) { return x; }, 1);
+  CHECK_THROWS_AS(pool.map(std::vector<int>{1}, {.timeout = -1ms}), procpool::usage_error);
+  CHECK_THROWS_AS(pool.apply_async(procpool::call_options{.timeout = -5ms}, 1), procpool::usage_error);
+  CHECK(pool.apply(1) == 1);
+}

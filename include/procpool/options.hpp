@@ -57,6 +57,16 @@ struct map_options {
   /// waiting to be read (Python's buffersize); 0 picks a window of a few chunks
   /// per worker. Chosen chunks then hold at most buffersize / processes items.
   std::size_t buffersize = 0;
+  /// How long each item of this call may run (pebble's schedule(timeout=)):
+  /// past it, the item fails with task_timeout and its worker is replaced.
+  /// 0: the pool's task_timeout. Overrides it, longer or shorter.
+  std::chrono::milliseconds timeout{0};
+};
+
+/// Options of one apply_async call: pool.apply_async(procpool::call_options{.timeout = 500ms}, x).
+struct call_options {
+  /// How long the call may run; as map_options::timeout.
+  std::chrono::milliseconds timeout{0};
 };
 
 }  // namespace procpool

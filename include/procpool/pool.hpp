@@ -5,6 +5,7 @@
 /// @file pool.hpp
 /// procpool::Pool, Python's multiprocessing.Pool with C++ types.
 
+#include <chrono>
 #include <concepts>
 #include <cstring>
 #include <cstddef>
@@ -15,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <iterator>
 #include <limits>
 #include <tuple>
@@ -38,6 +40,29 @@
 #include "stats.hpp"
 
 namespace procpool {
+
+namespace detail {
+
+/// True when the first of @p Args is call_options: apply_async's options, not an argument.
+template <class... Args>
+inline constexpr bool starts_with_call_options = false;
+template <class First, class... Rest>
+inline constexpr bool starts_with_call_options<First, Rest...> =
+    std::is_same_v<std::remove_cvref_t<First>, call_options>;
+
+/// A call's own timeout in ns (0: the pool's); @throws usage_error when negative.
+inline std::int64_t call_timeout_ns(std::chrono::milliseconds timeout, const char* where) {
+  if (timeout.count() < 0)
+    throw usage_error(std::string("procpool::Pool: ") + where + ".timeout is negative (" +
+                      std::to_string(timeout.count()) +
+                      " ms); use a positive limit, or 0 for the pool's task_timeout");
+  constexpr std::int64_t ns_per_ms = 1'000'000;
+  return timeout.count() > std::numeric_limits<std::int64_t>::max() / ns_per_ms
+             ? std::numeric_limits<std::int64_t>::max()
+             : static_cast<std::int64_t>(timeout.count()) * ns_per_ms;
+}
+
+}  // namespace detail
 
 /// A pool of worker processes running F (Python's multiprocessing.Pool).
 ///
@@ -127,7 +152,15 @@ class Pool {
   /// int v = r.get();
   /// @endcode
   template <class... Args>
-  auto apply_async(Args&&... args);
+    requires(!detail::starts_with_call_options<Args...>)
+  auto apply_async(Args&&... args) {
+    return apply_with(call_options{}, std::forward<Args>(args)...);
+  }
+  /// apply_async with @p options (a timeout of its own).
+  template <class... Args>
+  auto apply_async(const call_options& options, Args&&... args) {
+    return apply_with(options, std::forward<Args>(args)...);
+  }
 
   /// map, returning at once; get() gives the vector.
   template <detail::input_range Range>
@@ -164,7 +197,7 @@ class Pool {
   /// @p chunksize of 0 picks one (auto_chunksize) and lets chunks shrink as the
   /// input drains (detail/scheduler.hpp).
   template <class Job, detail::call_style S, class View, class Arg, class... JobArgs>
-  std::shared_ptr<Job> start(View&& view, std::size_t chunksize, std::size_t auto_cap,
+  std::shared_ptr<Job> start(View&& view, const map_options& options, std::size_t auto_cap,
                              JobArgs&&... job_args);
 
   /// Python's rule (len / (4 * processes), rounded up), capped at @p cap items;
@@ -183,6 +216,9 @@ class Pool {
 
   template <detail::call_style S, class Range>
   auto collect(Range&& inputs, map_options options);
+
+  template <class... Args>
+  auto apply_with(const call_options& options, Args&&... args);
 
   /// Waits until @p j completes; if waiting throws, abandons the job first.
   template <class Job>
@@ -225,9 +261,11 @@ auto Pool<F>::check_input() {
 
 template <class F>
 template <class Job, detail::call_style S, class View, class Arg, class... JobArgs>
-std::shared_ptr<Job> Pool<F>::start(View&& view, std::size_t chunksize, std::size_t auto_cap,
-                                    JobArgs&&... job_args) {
+std::shared_ptr<Job> Pool<F>::start(View&& view, const map_options& options,
+                                    std::size_t auto_cap, JobArgs&&... job_args) {
   using V = std::remove_cvref_t<View>;
+  const std::size_t chunksize = options.chunksize;
+  const std::int64_t timeout_ns = detail::call_timeout_ns(options.timeout, "map_options");
   const std::size_t n = view.size_hint();
   auto j = std::make_shared<detail::input_job<Job, V, Arg>>(std::forward<View>(view),
                                                             std::forward<JobArgs>(job_args)...);
@@ -236,6 +274,7 @@ std::shared_ptr<Job> Pool<F>::start(View&& view, std::size_t chunksize, std::siz
   j->total = n;
   j->chunksize = chunksize ? chunksize : auto_chunksize<Arg>(n, auto_cap);
   j->chunk_bytes = eng_->queue_capacity() / 2;
+  j->timeout_ns = timeout_ns;
   eng_->submit(j);
   return j;
 }
@@ -251,7 +290,7 @@ auto Pool<F>::collect(Range&& inputs, map_options options) {
   auto view = detail::hold(std::forward<Range>(inputs));
   const std::size_t n = view.size_hint();
   auto j = start<detail::collect_job<R>, S, decltype(view), Arg>(
-      std::move(view), options.chunksize, detail::map_chunk_cap, n);
+      std::move(view), options, detail::map_chunk_cap, n);
   return j;
 }
 
@@ -319,7 +358,7 @@ auto Pool<F>::stream(Range&& inputs, map_options options) {
                          : std::max<std::size_t>(detail::imap_chunks_per_worker * size() * chunk,
                                                  detail::imap_min_window);
   auto j = start<detail::stream_job<R, Ordered>, detail::call_style::unary, decltype(view), Arg>(
-      std::move(view), options.chunksize, cap, window);
+      std::move(view), options, cap, window);
   return imap_range<R, Ordered>(eng_, std::move(j));
 }
 
@@ -337,7 +376,7 @@ auto Pool<F>::imap_unordered(Range&& inputs, map_options options) {
 
 template <class F>
 template <class... Args>
-auto Pool<F>::apply_async(Args&&... args) {
+auto Pool<F>::apply_with(const call_options& options, Args&&... args) {
   using Arg = std::tuple<std::decay_t<Args>...>;
   static_assert(requires(F& f, Arg&& a) { std::apply(f, std::move(a)); },
                 "procpool::Pool::apply_async: the pool's function cannot be called with these "
@@ -345,10 +384,12 @@ auto Pool<F>::apply_async(Args&&... args) {
   using R = detail::call_result_t<F, Arg, detail::call_style::apply>;
   if constexpr (!std::is_void_v<R>) detail::require_transferable<R>();
   detail::require_transferable<Arg>();
+  const std::int64_t timeout_ns = detail::call_timeout_ns(options.timeout, "apply_async");
   if constexpr (detail::express_eligible<R, std::decay_t<Args>...>) {
-    // The express lane, when a worker polls now (detail/express_lane.hpp).
+    // The express lane, when a worker polls now (detail/express_lane.hpp);
+    // a call with a timeout of its own goes through the queues, whose check knows it.
     detail::engine::express_ticket t;
-    if (eng_->express_claim(t)) {
+    if (timeout_ns == 0 && eng_->express_claim(t)) {
       detail::express_cell& c = eng_->cell(t);
       detail::byte_buffer b;
       b.borrow(c.arg, sizeof c.arg);  // fits: express_eligible bounds the size
@@ -378,6 +419,7 @@ auto Pool<F>::apply_async(Args&&... args) {
   auto j = std::make_shared<Job>(std::move(msg), std::move(failed));
   j->runner = reinterpret_cast<std::uint64_t>(&detail::run_chunk<F, Arg, detail::call_style::apply>);
   j->chunksize = 1;
+  j->timeout_ns = timeout_ns;
   eng_->submit(j);
   return async_result<R>(detail::result_source<R>(eng_, j, [j]() -> R {
     auto values = j->take_values();

@@ -89,11 +89,14 @@ inline std::string describe_bytes(std::uint64_t n) {
 /// running (killed by the timeout check when @p timed_out). A SIGKILL that the
 /// pool did not send (@p killed_by_pool: it did, for a corrupt stream) is
 /// most often the OOM killer's, and the message says so; @p rss_bytes is the
-/// worker's memory at its last check (0: unknown).
+/// worker's memory at its last check (0: unknown). @p limit_name names the
+/// limit a timed-out item ran past.
 inline std::exception_ptr blamed_error(std::uint64_t index, pid_t pid, int exitcode,
                                        bool timed_out, long long timeout_ms,
-                                       bool killed_by_pool = false, std::uint64_t rss_bytes = 0) {
-  std::string how = timed_out ? "ran past task_timeout (" + std::to_string(timeout_ms) + " ms) and was killed"
+                                       bool killed_by_pool = false, std::uint64_t rss_bytes = 0,
+                                       const char* limit_name = "task_timeout") {
+  std::string how = timed_out ? std::string("ran past ") + limit_name + " (" +
+                                    std::to_string(timeout_ms) + " ms) and was killed"
                               : describe_exitcode(exitcode);
   if (!timed_out && exitcode == -SIGKILL && !killed_by_pool)
     how += ", not by the pool (the OOM killer? see dmesg)";

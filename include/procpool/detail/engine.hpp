@@ -151,6 +151,7 @@ class engine : public std::enable_shared_from_this<engine> {
   bool place_wrapped(worker& w, const byte_ring::pieces& sp);
   // Deaths and the end.
   bool check_workers();  // true if it killed or reaped a worker
+  std::int64_t limit_of(const worker& w, std::uint64_t seq) const;
   void on_death(worker& w, int exitcode);
   void break_pool(std::exception_ptr e);
   /// Under @p lk: kills and reaps the workers; every unfinished result fails.
@@ -592,6 +593,15 @@ inline void engine::on_message(worker& w, const char* body, std::size_t size) {
   }
 }
 
+/// How long an item of chunk @p seq, running on @p w, may run: its call's own
+/// limit, else the pool's task_timeout (0: no limit).
+inline std::int64_t engine::limit_of(const worker& w, std::uint64_t seq) const {
+  if (!(seq & express_seq))
+    for (const chunk& c : w.out.chunks())
+      if (c.seq == seq) return c.owner && c.owner->timeout_ns > 0 ? c.owner->timeout_ns : timeout_ns_;
+  return timeout_ns_;
+}
+
 inline bool engine::check_workers() {
   bool changed = false;
   const std::int64_t now = monotonic_ns();
@@ -610,7 +620,7 @@ inline bool engine::check_workers() {
       send_signal(w.pid, SIGKILL);
       changed = true;
     }
-    if (limit > 0 && !w.timed_out) {
+    if (!w.timed_out) {
       const worker_shared* s = shared_of(w);
       // Read twice: only a consistent (seq, item) pair that is still running
       // past the limit is killed and blamed.
@@ -618,10 +628,12 @@ inline bool engine::check_workers() {
       const std::uint64_t item = s->running_item.load(std::memory_order_acquire);
       const std::int64_t since = s->running_since.load(std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_acquire);
-      if (seq != 0 && now - since > limit && s->running_seq.load() == seq &&
+      const std::int64_t item_limit = seq != 0 ? limit_of(w, seq) : 0;
+      if (item_limit > 0 && now - since > item_limit && s->running_seq.load() == seq &&
           s->running_item.load() == item) {
         w.timed_out = true;
         w.timeout_blame = {seq, item};
+        w.timeout_ns = item_limit;
         send_signal(w.pid, SIGKILL);
         changed = true;
       }
@@ -662,8 +674,9 @@ inline void engine::on_death(worker& w, int exitcode) {
       w.timed_out, w.timeout_blame, {s->running_seq.load(), s->running_item.load()});
   const auto blamed = [&](std::uint64_t index) {
     return blamed_error(index, pid, exitcode, w.timed_out,
-                        static_cast<long long>(opts_.task_timeout.count()), w.corrupt,
-                        s->rss_bytes.load(std::memory_order_relaxed));
+                        static_cast<long long>(w.timeout_ns / 1'000'000), w.corrupt,
+                        s->rss_bytes.load(std::memory_order_relaxed),
+                        w.timeout_ns == timeout_ns_ ? "task_timeout" : "its call's timeout");
   };
   // Its express calls: the running one fails when it is blamed, the rest run again.
   lane_.for_each_in_flight(static_cast<std::uint32_t>(w.index),

@@ -58,6 +58,7 @@ class job {
   std::size_t chunk_bytes = 0;  // a chunk stops growing past this many bytes (0: 1 GiB)
   std::size_t outstanding = 0;  // items handed out and not yet finished
   bool guided = false;          // chunksize is a cap: chunks shrink as the input drains
+  std::int64_t timeout_ns = 0;  // how long each item may run: the call's own limit (0: the pool's)
   std::uint64_t total = 0;      // input items, when known (0: unknown)
   std::uint64_t handed = 0;     // input items handed out so far
   bool aborted = false;

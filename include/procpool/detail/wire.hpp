@@ -41,7 +41,12 @@ struct task_header {
   std::uint64_t seq;     // chunk sequence number, echoed in the results
   std::uint64_t count;   // items in the chunk
   std::uint64_t claim;   // its word on the worker's claim_board (scheduler.hpp)
+  std::uint64_t flags;   // task_timed
 };
+
+/// task_header::flags: the worker stamps each item's start (running_since), for
+/// a call with a timeout of its own in a pool without task_timeout.
+inline constexpr std::uint64_t task_timed = 1;
 
 struct result_header {
   std::uint64_t seq;

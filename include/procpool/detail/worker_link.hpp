@@ -64,7 +64,8 @@ class task_queue {
     c.claim = next_claim_++ % claim_board::words;
     c.revoked = false;
     claims.post(c.claim, c.seq);
-    task_message::seal(c.msg, {c.owner->runner, c.seq, c.count(), c.claim});
+    task_message::seal(c.msg, {c.owner->runner, c.seq, c.count(), c.claim,
+                               c.owner->timeout_ns > 0 ? task_timed : 0});
     chunks_.push_back(std::move(c));
   }
   /// Takes the answered front chunk off the queue.
@@ -144,6 +145,7 @@ struct worker_link {
   std::size_t budget = 0;     // items it may still be given (max_tasks_per_child)
   bool timed_out = false;     // killed by the timeout check, which saw:
   death_blame timeout_blame;  // what it was running then
+  std::int64_t timeout_ns = 0;  // and the limit it ran past
   bool corrupt = false;       // sent bytes we cannot parse; killed, awaiting reaping
   bool dying = false;         // reaped; on_death is reading what it left
 

@@ -347,7 +347,8 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     errors.clear();
     vals.grow(sizeof(result_header));
     ch.mark_busy();
-    task_context ctx{r, th.seq, th.count, vals, errors, 0, ch.shared(), timed};
+    task_context ctx{r, th.seq, th.count, vals, errors, 0, ch.shared(),
+                     timed || (th.flags & task_timed) != 0};
     reinterpret_cast<runner_fn>(th.runner)(fn, ctx);
     ran_any = true;
     if (in_place) ch.release(size);
