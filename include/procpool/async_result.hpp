@@ -185,6 +185,10 @@ void async_result<T>::add_done_callback(value_callback callback, error_callback 
           "add callbacks before get()");
     cbs_ = std::make_shared<detail::callback_state<T>>(std::move(src_));
     cbs_->add(std::move(callback), std::move(error_callback));
+    if (cbs_->owner().locked([this] { return cbs_->settled(); })) {
+      cbs_->settle();  // already there: here and now, never on the callback thread
+      return;
+    }
     if (!cbs_->owner().watch_callbacks(cbs_)) {
       // The pool is terminated: nothing drives this result but us, and it has settled.
       wait();
