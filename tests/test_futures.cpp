@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -419,4 +420,95 @@ TEST_CASE("as_completed with a timeout throws timeout_error for what is late") {
   }
   CHECK(got == std::vector<std::size_t>{0});
   pool.terminate();
+}
+
+TEST_CASE("two threads terminating at once both return after the error callbacks ran") {
+  watchdog dog(60s);
+  for (int round = 0; round < 20; ++round) {
+    std::atomic<int> errors{0};
+    procpool::Pool pool(nap, 1);
+    auto r = pool.apply_async(5000);
+    r.add_done_callback([](const int&) {}, [&](std::exception_ptr) {
+      std::this_thread::sleep_for(2ms);
+      ++errors;
+    });
+    std::atomic<int> seen_after[2] = {-1, -1};
+    std::thread a([&] {
+      pool.terminate();
+      seen_after[0] = errors.load();
+    });
+    std::thread b([&] {
+      pool.terminate();
+      seen_after[1] = errors.load();
+    });
+    a.join();
+    b.join();
+    CHECK(errors == 1);
+    CHECK(seen_after[0] == 1);
+    CHECK(seen_after[1] == 1);
+  }
+}
+
+namespace {
+/// Voluntary context switches of this whole process so far.
+long voluntary_switches() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_nvcsw;
+}
+}  // namespace
+
+TEST_CASE("an idle callback thread sleeps, before and after join()") {
+  watchdog dog(30s);
+  procpool::Pool pool(nap, 2);
+  std::atomic<bool> fired{false};
+  auto r = pool.apply_async(1);
+  r.add_done_callback([&](const int&) { fired = true; });
+  REQUIRE(eventually([&] { return fired.load(); }));
+  long before = voluntary_switches();
+  std::this_thread::sleep_for(500ms);
+  const long idle = voluntary_switches() - before;
+  pool.close();
+  pool.join();
+  before = voluntary_switches();
+  std::this_thread::sleep_for(500ms);
+  const long joined = voluntary_switches() - before;
+  INFO("wake-ups in 500 ms: idle " << idle << ", after join " << joined);
+  CHECK(idle < 40);
+  CHECK(joined < 40);
+  CHECK(r.get() == 1);
+}
+
+TEST_CASE("inside its own callback, a result takes more callbacks and says it is not ready") {
+  watchdog dog(30s);
+  procpool::Pool pool(nap, 2);
+  std::atomic<int> second{0};
+  std::atomic<int> ready_inside{-1};
+  auto r = pool.apply_async(5);
+  auto* self = &r;
+  r.add_done_callback([&, self](const int& v) {
+    self->add_done_callback([&](const int& w) { second = w + v; });  // runs after this one
+    ready_inside = self->ready() ? 1 : 0;                            // a poll: never waits
+  });
+  CHECK(r.get() == 5);  // no callback_error: nothing threw
+  CHECK(second == 10);
+  CHECK(ready_inside == 0);
+}
+
+TEST_CASE("a timed wait ends at its deadline while the result's callbacks run elsewhere") {
+  watchdog dog(30s);
+  procpool::Pool pool(nap, 2);
+  std::atomic<bool> started{false};
+  auto r = pool.apply_async(1);
+  r.add_done_callback([&](const int&) {
+    started = true;
+    std::this_thread::sleep_for(1s);
+  });
+  REQUIRE(eventually([&] { return started.load(); }));
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(r.wait_for(50ms));
+  CHECK_FALSE(r.ready());
+  CHECK_THROWS_AS(r.get_for(50ms), procpool::timeout_error);
+  CHECK(std::chrono::steady_clock::now() - t0 < 700ms);
+  CHECK(r.get() == 1);
 }

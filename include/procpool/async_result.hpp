@@ -97,7 +97,7 @@ class async_result {
   /// @throws usage_error after get().
   void add_done_callback(value_callback callback, error_callback error_callback = {});
   /// True when the call took the express lane (see README, "Express lane"), until get().
-  bool express() const noexcept { return src_.express(); }
+  bool express() const noexcept { return cbs_ ? cbs_->express() && outcome_ == 0 : src_.express(); }
 
  private:
   template <class>
@@ -129,8 +129,7 @@ bool async_result<T>::wait_until_ns(std::int64_t deadline) {
   check_valid("wait");
   if (cbs_) {
     if (!cbs_->wait_until(deadline)) return false;
-    cbs_->settle();
-    return true;
+    return cbs_->settle(deadline);
   }
   return src_.wait_until(deadline);
 }
@@ -186,7 +185,7 @@ void async_result<T>::add_done_callback(value_callback callback, error_callback 
     cbs_ = std::make_shared<detail::callback_state<T>>(std::move(src_));
     cbs_->add(std::move(callback), std::move(error_callback));
     if (cbs_->owner().locked([this] { return cbs_->settled(); })) {
-      cbs_->settle();  // already there: here and now, never on the callback thread
+      wait();  // already there: here and now, never on the callback thread
       return;
     }
     if (!cbs_->owner().watch_callbacks(cbs_)) {
@@ -197,8 +196,9 @@ void async_result<T>::add_done_callback(value_callback callback, error_callback 
   } else {
     cbs_->add(std::move(callback), std::move(error_callback));
   }
-  // Already there: the callbacks run now, here.
-  if (owner()->locked([this] { return cbs_->settled(); })) cbs_->settle();
+  // Already there: the callbacks run now, here; inside one of this result's
+  // own callbacks, the firing loop runs it next.
+  if (!cbs_->firing_here() && owner()->locked([this] { return cbs_->settled(); })) wait();
 }
 
 }  // namespace procpool

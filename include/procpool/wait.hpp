@@ -16,6 +16,7 @@
 #include <limits>
 #include <ranges>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -101,11 +102,12 @@ wait_result wait_for(std::initializer_list<result_ref> results,
 /// for (std::size_t i : procpool::as_completed(futures)) use(futures[i].get());
 /// @endcode
 class completion_order;
+/// The range is read as it goes: pass one that outlives the loop (an lvalue).
 template <std::ranges::forward_range Range>
-completion_order as_completed(Range&& results);
+completion_order as_completed(Range& results);
 inline completion_order as_completed(std::initializer_list<result_ref> results);
 template <std::ranges::forward_range Range, class Rep, class Period>
-completion_order as_completed(Range&& results, std::chrono::duration<Rep, Period> timeout);
+completion_order as_completed(Range& results, std::chrono::duration<Rep, Period> timeout);
 
 // ---------------------------------------------------------------------------
 
@@ -137,26 +139,37 @@ class result_set {
  private:
   std::vector<result_ref> refs_;
   std::vector<bool> ready_;
+  bool busy_ = false;  // the last poll saw a result whose callbacks run elsewhere
 };
 
 inline std::vector<std::size_t> result_set::poll() {
   std::vector<std::size_t> now;
+  busy_ = false;
   for (std::size_t i = 0; i < refs_.size(); ++i) {
     if (ready_[i]) continue;
     engine* e = ref_access::owner(refs_[i]);
     if (e == nullptr)
       throw usage_error("procpool::wait: result " + std::to_string(i) + " is empty (moved from)");
     // A settled result becomes ready once its callbacks ran (ready() runs them if due).
-    if (e->locked([&] { return ref_access::settled(refs_[i]); }) &&
-        ref_access::ready(refs_[i])) {
+    if (!e->locked([&] { return ref_access::settled(refs_[i]); })) continue;
+    if (ref_access::ready(refs_[i])) {
       ready_[i] = true;
       now.push_back(i);
+    } else {
+      busy_ = true;  // settled, its callbacks still running on another thread
     }
   }
   return now;
 }
 
 inline bool result_set::block(std::int64_t deadline) {
+  if (busy_) {
+    // A settled result waits for its callbacks (on another thread): the engine
+    // would report it settled at once, so pause instead of driving.
+    if (monotonic_ns() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    return true;
+  }
   std::vector<engine*> engines;
   for (std::size_t i = 0; i < refs_.size(); ++i) {
     if (ready_[i]) continue;
@@ -304,7 +317,7 @@ wait_result wait_for(std::initializer_list<result_ref> results,
 }
 
 template <std::ranges::forward_range Range>
-completion_order as_completed(Range&& results) {
+completion_order as_completed(Range& results) {
   return completion_order(detail::refs_of(results), std::numeric_limits<std::int64_t>::max());
 }
 
@@ -314,7 +327,7 @@ inline completion_order as_completed(std::initializer_list<result_ref> results) 
 }
 
 template <std::ranges::forward_range Range, class Rep, class Period>
-completion_order as_completed(Range&& results, std::chrono::duration<Rep, Period> timeout) {
+completion_order as_completed(Range& results, std::chrono::duration<Rep, Period> timeout) {
   return completion_order(detail::refs_of(results), detail::deadline_after(timeout));
 }
 

@@ -54,17 +54,18 @@ class callback_runner {
   /// settled and its callbacks ran (join()). Returns at once on the runner's thread.
   void wait_idle(std::unique_lock<std::mutex>& lk) {
     if (on_runner_thread()) return;
-    idle_.wait(lk, [this] { return (watched_.empty() && !firing_) || !thread_; });
+    idle_.wait(lk, [this] { return (watched_.empty() && !firing_) || stop_; });
   }
   /// Under the engine's lock: the thread is to end after its current round.
-  void request_stop() noexcept { stop_ = true; }
+  void request_stop() noexcept {
+    stop_ = true;
+    work_.notify_all();
+  }
   /// Without the engine's lock (terminate, after request_stop): joins the
   /// thread, then fires what is still watched, here. @p lock locks the engine.
   template <class Lock>
   void finish(Lock lock) noexcept;
-  bool on_runner_thread() const noexcept {
-    return thread_ && thread_->get_id() == std::this_thread::get_id();
-  }
+  bool on_runner_thread() const noexcept { return runner_id_ == std::this_thread::get_id(); }
 
  private:
   template <class Engine>
@@ -73,15 +74,19 @@ class callback_runner {
   std::vector<std::shared_ptr<completion>> watched_;  // under the engine's lock
   bool firing_ = false;                               // the thread runs callbacks now
   bool stop_ = false;
-  std::condition_variable idle_;  // with the engine's lock: watched_ emptied
-  std::unique_ptr<std::thread> thread_;
+  bool finishing_ = false;  // a terminate() is finishing the runner
+  bool finished_ = false;   // and has: what was watched has fired
+  std::condition_variable idle_;  // with the engine's lock: watched_ emptied, or finished_
+  std::condition_variable work_;  // with the engine's lock: something to watch, or stop_
+  std::unique_ptr<std::thread> thread_;  // until finish() joins it
+  std::thread::id runner_id_;            // set once, when the thread starts
   pid_t owner_ = 0;  // the process that started the thread
 };
 
 // ---------------------------------------------------------------------------
 
 inline callback_runner::~callback_runner() {
-  if (!thread_) return;
+  if (!thread_) return;  // never started, or joined by finish()
   if (current_pid() != owner_) {
     // A forked copy: the thread is not in this process. Leak its handle
     // (joining or detaching a thread this process does not have is undefined).
@@ -97,6 +102,7 @@ template <class Engine>
 bool callback_runner::watch(std::shared_ptr<Engine> self, std::shared_ptr<completion> c) {
   if (stop_) return false;
   watched_.push_back(std::move(c));
+  work_.notify_one();
   if (thread_) return true;
   owner_ = current_pid();
   // The thread holds the engine until it ends: the engine (and this runner)
@@ -105,12 +111,20 @@ bool callback_runner::watch(std::shared_ptr<Engine> self, std::shared_ptr<comple
     e->callbacks().loop(*e);
     e.reset();
   });
+  runner_id_ = thread_->get_id();
   return true;
 }
 
 template <class Engine>
 void callback_runner::loop(Engine& e) {
   for (;;) {
+    {
+      // Nothing watched: sleep here, not in the engine's rounds (an idle or
+      // joined pool would wake it every few hundred microseconds).
+      auto lk = e.hold();
+      work_.wait(lk, [this] { return stop_ || !watched_.empty(); });
+      if (stop_) return;
+    }
     try {
       e.run_until([this] { return has_work(); });
     } catch (...) {
@@ -141,7 +155,19 @@ void callback_runner::loop(Engine& e) {
 
 template <class Lock>
 void callback_runner::finish(Lock lock) noexcept {
-  if (thread_ && !on_runner_thread() && thread_->joinable()) thread_->join();
+  std::unique_ptr<std::thread> t;
+  {
+    auto lk = lock();
+    if (finishing_) {
+      // Another terminate() finishes: return when it has (not on the runner:
+      // a callback that terminates must not wait for itself).
+      if (!on_runner_thread()) idle_.wait(lk, [this] { return finished_; });
+      return;
+    }
+    finishing_ = true;
+    if (!on_runner_thread()) t = std::move(thread_);  // joined here, once
+  }
+  if (t && t->joinable()) t->join();
   std::vector<std::shared_ptr<completion>> rest;
   {
     auto lk = lock();
@@ -149,6 +175,7 @@ void callback_runner::finish(Lock lock) noexcept {
   }
   for (auto& c : rest) c->fire();
   auto lk = lock();
+  finished_ = true;
   idle_.notify_all();
 }
 

@@ -11,7 +11,10 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <algorithm>
+#include <chrono>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -42,7 +45,11 @@ class callback_state final : public completion {
   using value_callback = typename value_callback_of<T>::type;
   using error_callback = std::function<void(std::exception_ptr)>;
 
-  explicit callback_state(result_source<T>&& src) : src_(std::move(src)), eng_(&src_.owner()) {}
+  explicit callback_state(result_source<T>&& src)
+      : src_(std::move(src)), eng_(&src_.owner()), express_(src_.express()) {}
+
+  /// Whether the call took the express lane (fixed when the callbacks were added).
+  bool express() const noexcept { return express_; }
 
   engine& owner() const noexcept { return *eng_; }
   /// Under the engine's lock. The source is touched only before it is claimed
@@ -56,9 +63,16 @@ class callback_state final : public completion {
 
   /// Adds a pair of callbacks; when the outcome is already in, runs them now.
   void add(value_callback on_value, error_callback on_error);
-  /// Once the source has settled: returns when the callbacks have run (here,
-  /// if nobody has started them). @throws usage_error inside a callback of this result.
-  void settle();
+  /// Once the source has settled: true when the callbacks have run (here, if
+  /// nobody has started them); false at @p deadline (monotonic ns), or inside
+  /// a callback of this result for a timed wait.
+  /// @throws usage_error for an untimed wait inside a callback of this result.
+  bool settle(std::int64_t deadline);
+  /// True on the thread running this result's callbacks, while it does.
+  bool firing_here() {
+    std::lock_guard lk(m_);
+    return stage_ == stage::firing && firer_ == std::this_thread::get_id();
+  }
   /// Once settled: true when the call failed.
   bool failed() {
     std::lock_guard lk(m_);
@@ -80,6 +94,7 @@ class callback_state final : public completion {
   std::thread::id firer_;  // the thread running the callbacks, while firing
   result_source<T> src_;
   engine* eng_;
+  bool express_;
   std::optional<stored> value_;
   std::exception_ptr error_;           // the call's
   std::exception_ptr callback_error_;  // the first callback's that threw
@@ -165,19 +180,28 @@ void callback_state<T>::add(value_callback on_value, error_callback on_error) {
 }
 
 template <class T>
-void callback_state<T>::settle() {
+bool callback_state<T>::settle(std::int64_t deadline) {
+  constexpr std::int64_t never = std::numeric_limits<std::int64_t>::max();
   std::unique_lock lk(m_);
-  if (stage_ == stage::fired) return;
-  if (stage_ == stage::firing && firer_ == std::this_thread::get_id())
+  if (stage_ == stage::fired) return true;
+  if (stage_ == stage::firing && firer_ == std::this_thread::get_id()) {
+    if (deadline != never) return false;
     throw usage_error(
-        "procpool::async_result: waited for inside one of its own done callbacks; the callback "
-        "already has the value");
+        "procpool::async_result: waited for inside one of its own done callbacks, which would "
+        "wait for itself; the callback already has the value");
+  }
   if (stage_ == stage::waiting) {
     lk.unlock();
     fire();
     lk.lock();
   }
-  fired_.wait(lk, [this] { return stage_ == stage::fired; });
+  const auto fired = [this] { return stage_ == stage::fired; };
+  if (deadline == never) {
+    fired_.wait(lk, fired);
+    return true;
+  }
+  const auto left = std::chrono::nanoseconds(std::max<std::int64_t>(0, deadline - monotonic_ns()));
+  return fired_.wait_for(lk, left, fired);
 }
 
 template <class T>

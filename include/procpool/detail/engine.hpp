@@ -100,6 +100,11 @@ class engine : public std::enable_shared_from_this<engine> {
   }
   /// The callback thread's state (callback_runner.hpp).
   callback_runner& callbacks() noexcept { return runner_; }
+  /// The engine's lock, for the callback thread's own waits.
+  std::unique_lock<std::mutex> hold() {
+    check_owner();
+    return std::unique_lock(m_);
+  }
 
   // The express lane (express_lane.hpp), for async_result.
   using express_ticket = express_lane::ticket;
