@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/common.hpp"
+
 #include <csignal>
 #include <cstdint>
 #include <exception>
@@ -105,38 +107,25 @@ TEST_CASE("death verdict: the errors name the worker, the item and the cause") {
   }
 }
 
-namespace {
-
-/// The what() of the worker_lost (or task_timeout) that @p e holds.
-std::string what_of(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const procpool::worker_lost& lost) {
-    return lost.what();
-  }
-}
-
-}  // namespace
-
 TEST_CASE("death verdict: a SIGKILL the pool did not send hints at the OOM killer, with the memory") {
   constexpr std::uint64_t gib = std::uint64_t{1} << 30;
-  const std::string oom = what_of(pd::blamed_error(17, 1234, -SIGKILL, false, 0, false, gib * 21 / 10));
+  const std::string oom = procpool_test::what_of(pd::blamed_error(17, 1234, -SIGKILL, false, 0, false, gib * 21 / 10));
   CHECK(oom ==
         "procpool: worker 1234 was killed by SIGKILL, not by the pool (the OOM killer? see dmesg) "
         "while running item 17; its memory (RSS) was 2.1 GiB at its last check");
   // No reading yet: no memory said.
-  const std::string unread = what_of(pd::blamed_error(17, 1234, -SIGKILL, false, 0, false, 0));
+  const std::string unread = procpool_test::what_of(pd::blamed_error(17, 1234, -SIGKILL, false, 0, false, 0));
   CHECK(unread.find("OOM killer") != std::string::npos);
   CHECK(unread.find("memory") == std::string::npos);
   // The pool's own kills are not the OOM killer's: a corrupt stream, a timeout.
-  const std::string corrupt = what_of(pd::blamed_error(17, 1234, -SIGKILL, false, 0, true, gib));
+  const std::string corrupt = procpool_test::what_of(pd::blamed_error(17, 1234, -SIGKILL, false, 0, true, gib));
   CHECK(corrupt.find("OOM") == std::string::npos);
   CHECK(corrupt.find("1.0 GiB") != std::string::npos);
-  const std::string timeout = what_of(pd::blamed_error(17, 1234, -SIGKILL, true, 250, false, gib));
+  const std::string timeout = procpool_test::what_of(pd::blamed_error(17, 1234, -SIGKILL, true, 250, false, gib));
   CHECK(timeout.find("OOM") == std::string::npos);
   CHECK(timeout.find("task_timeout (250 ms)") != std::string::npos);
   // Another death says the memory, and no OOM.
-  const std::string segv = what_of(pd::blamed_error(5, 1234, -SIGSEGV, false, 0, false, 300 << 20));
+  const std::string segv = procpool_test::what_of(pd::blamed_error(5, 1234, -SIGSEGV, false, 0, false, 300 << 20));
   CHECK(segv.find("OOM") == std::string::npos);
   CHECK(segv.find("killed by SIGSEGV while running item 5; its memory (RSS) was 300 MiB") !=
         std::string::npos);

@@ -30,36 +30,6 @@
 using namespace procpool_test;
 using namespace std::chrono_literals;
 
-namespace {
-
-/// Sleeps @p ms milliseconds, then returns it; a negative @p ms throws.
-int nap(int ms) {
-  if (ms < 0) throw std::runtime_error("negative nap " + std::to_string(ms));
-  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-  return ms;
-}
-
-/// Polls @p cond for up to 10 s without touching any pool; true when it held.
-template <class Cond>
-bool eventually(Cond cond) {
-  const auto until = std::chrono::steady_clock::now() + 10s;
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-std::string what_of(std::exception_ptr e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  }
-}
-
-}  // namespace
-
 TEST_CASE("apply returns the value, and throws the task's error") {
   watchdog dog(30s);
   procpool::Pool pool(nap, 2);
@@ -130,7 +100,7 @@ TEST_CASE("a done callback runs when the call ends, with nobody waiting") {
   CHECK(r.get() == 50);  // get() still hands out the value
 }
 
-TEST_CASE("the error callback gets the call's error; the value callback is not called") {
+TEST_CASE("the error callback gets the call's error, and the value callback is not called") {
   watchdog dog(30s);
   procpool::Pool pool(nap, 2);
   std::atomic<int> values{0};

@@ -17,18 +17,13 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/common.hpp"
 #include "support/watchdog.hpp"
 
 using namespace procpool_test;
 using namespace std::chrono_literals;
 
 namespace {
-
-int nap(int ms) {
-  if (ms < 0) throw std::runtime_error("negative nap " + std::to_string(ms));
-  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-  return ms;
-}
 
 /// @p n items of value 0, counting how many the pool has read (in the parent).
 class counted_input {

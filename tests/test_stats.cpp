@@ -26,14 +26,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// Sleeps @p ms; throws for -1; the worker kills itself for -9.
-int nap(int ms) {
-  if (ms == -9) ::raise(SIGKILL);
-  if (ms < 0) throw std::runtime_error("negative nap");
-  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-  return ms;
-}
-
 void check_settled(const procpool::pool_stats& s, std::uint64_t done, std::uint64_t failed) {
   CHECK(s.done == done);
   CHECK(s.failed == failed);
