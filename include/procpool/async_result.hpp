@@ -96,6 +96,18 @@ class async_result {
   /// get() throws callback_error with that exception nested.
   /// @throws usage_error after get().
   void add_done_callback(value_callback callback, error_callback error_callback = {});
+  /// Cancels the call (Python's Future.cancel()): true when it is cancelled,
+  /// and then get() throws cancelled_error and the error callbacks run before
+  /// this returns; false when it had finished first (it keeps its outcome).
+  /// Beyond Python, a call that is running is stopped too: the worker running
+  /// it is killed, reaped and replaced before this returns, and what else that
+  /// worker held runs on another worker (see README, "Cancelling").
+  bool cancel();
+  /// True when the call was cancelled: by cancel(), or by
+  /// Pool::shutdown(wait, cancel_futures = true).
+  bool cancelled();
+  /// True while a worker runs the call (Python's Future.running()).
+  bool running();
   /// True when the call took the express lane (see README, "Express lane"), until get().
   bool express() const noexcept { return cbs_ ? cbs_->express() && outcome_ == 0 : src_.express(); }
 
@@ -172,6 +184,29 @@ bool async_result<T>::successful() {
     throw usage_error("procpool::async_result::successful: the result is not ready yet; "
                       "wait() first (Python raises ValueError here)");
   return !(cbs_ ? cbs_->failed() : src_.failed());
+}
+
+template <class T>
+bool async_result<T>::cancel() {
+  check_valid("cancel");
+  if (outcome_ != 0) return cancelled();
+  const bool done =
+      owner()->locked([this] { return cbs_ ? cbs_->cancel_locked() : src_.cancel_locked(); });
+  if (done && cbs_) wait();  // as Python's cancel(): the callbacks have run when it returns
+  return done;
+}
+
+template <class T>
+bool async_result<T>::cancelled() {
+  check_valid("cancelled");
+  return owner()->locked([this] { return cbs_ ? cbs_->cancelled_locked() : src_.cancelled_locked(); });
+}
+
+template <class T>
+bool async_result<T>::running() {
+  check_valid("running");
+  if (outcome_ != 0) return false;
+  return owner()->locked([this] { return cbs_ ? cbs_->running_locked() : src_.running_locked(); });
 }
 
 template <class T>

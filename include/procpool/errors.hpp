@@ -91,6 +91,13 @@ class pool_terminated : public error {
   using error::error;
 };
 
+/// The call was cancelled before it finished: async_result::cancel(), or
+/// Pool::shutdown with cancel_futures (Python's CancelledError).
+class cancelled_error : public error {
+ public:
+  using error::error;
+};
+
 /// pool_options::initializer threw or crashed in a worker; the pool cannot run tasks.
 class initializer_error : public error {
  public:

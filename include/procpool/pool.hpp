@@ -176,6 +176,13 @@ class Pool {
   void join() { eng_->join(); }
   /// Kills the workers now; unfinished work fails with pool_terminated.
   void terminate() { eng_->terminate(); }
+  /// Python's Executor.shutdown: close(), then join() when @p wait. With
+  /// @p cancel_futures, each call none of whose items has gone to a worker yet
+  /// is cancelled first (its get() throws cancelled_error); the rest finish.
+  void shutdown(bool wait = true, bool cancel_futures = false) {
+    eng_->shutdown(cancel_futures);
+    if (wait) eng_->join();
+  }
 
   /// The number of worker processes.
   std::size_t size() const noexcept { return eng_->size(); }

@@ -80,6 +80,16 @@ class callback_state final : public completion {
   }
   /// Once settled: the value; throws the call's error, or callback_error.
   T take();
+  /// Under the engine's lock: cancels the call, unless its callbacks were
+  /// claimed (then it has settled, and fire() owns the source).
+  bool cancel_locked() {
+    if (src_.cancelled_locked()) return true;
+    return stage_.load() == stage::waiting && src_.cancel_locked();
+  }
+  /// Under the engine's lock: true when it was cancelled.
+  bool cancelled_locked() const { return src_.cancelled_locked(); }
+  /// Under the engine's lock: true while a worker runs it.
+  bool running_locked() { return stage_.load() == stage::waiting && src_.running_locked(); }
 
  private:
   using stored = std::conditional_t<std::is_void_v<T>, std::monostate, T>;

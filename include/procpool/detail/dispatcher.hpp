@@ -60,6 +60,17 @@ class dispatcher {
   }
   /// Every unfinished call waiting here fails with @p e; nothing waits after.
   void abort_all(const std::exception_ptr& e);
+  /// Drops the chunks of @p j waiting to run again (it was cancelled; the job
+  /// itself, aborted, is dropped by next_chunk). Returns the items dropped.
+  std::uint64_t drop(const job& j);
+  /// The cell_job running express call @p t through the queues, if it waits here.
+  std::shared_ptr<job> cell_job_of(const express_lane::ticket& t) const;
+  /// Calls @p fn(job) for each call waiting here (some may twice).
+  template <class Fn>
+  void for_each_job(Fn fn) const {
+    for (const auto& j : jobs_) fn(j);
+    for (const auto& c : requeued_) fn(c.owner);
+  }
 
   /// One round over @p workers: queue each up to its depth, move unstarted
   /// work to idle workers, write what fits. True if anything was queued or moved.
@@ -73,8 +84,9 @@ class dispatcher {
   /// Items cut from calls into chunks so far, less express calls sent again
   /// through the queues (they were counted when posted); for pool_stats.
   std::uint64_t items_cut() const noexcept { return items_cut_ - cells_requeued_; }
-  /// Express calls failed here (no memory to requeue them); for pool_stats.
-  std::uint64_t cells_failed() const noexcept { return cells_failed_; }
+  /// Express calls failed here (no memory to requeue them), and items of
+  /// cancelled calls dropped before they ran; for pool_stats.
+  std::uint64_t items_failed() const noexcept { return cells_failed_ + dropped_; }
 
  private:
   worker_shared* shared_of(const worker_link& w) const noexcept { return shm_->worker(w.index); }
@@ -98,6 +110,7 @@ class dispatcher {
   std::uint64_t items_cut_ = 0;
   std::uint64_t cells_requeued_ = 0;
   std::uint64_t cells_failed_ = 0;
+  std::uint64_t dropped_ = 0;  // items of aborted calls, cut and never run
   std::vector<byte_buffer> spare_msgs_;  // answered chunks' buffers, for the next chunks
   std::uint64_t next_seq_ = 1;
   std::int64_t steal_retry_at_ = std::numeric_limits<std::int64_t>::max();
@@ -135,6 +148,26 @@ inline void dispatcher::abort_all(const std::exception_ptr& e) {
   requeued_.clear();
 }
 
+inline std::uint64_t dispatcher::drop(const job& j) {
+  std::uint64_t n = 0;
+  std::erase_if(requeued_, [&](const chunk& c) {
+    if (c.owner.get() != &j) return false;
+    n += c.count();
+    return true;
+  });
+  dropped_ += n;
+  return n;
+}
+
+inline std::shared_ptr<job> dispatcher::cell_job_of(const express_lane::ticket& t) const {
+  for (const auto& j : jobs_)
+    if (const auto* cj = dynamic_cast<const cell_job*>(j.get()); cj && cj->runs(t)) return j;
+  for (const auto& c : requeued_)
+    if (const auto* cj = dynamic_cast<const cell_job*>(c.owner.get()); cj && cj->runs(t))
+      return c.owner;
+  return nullptr;
+}
+
 inline bool dispatcher::run(std::span<worker_link> workers) {
   // Workers in order, each queued up to its depth: a stream of tiny tasks stays
   // with the first worker, which keeps spinning for the next one, while the
@@ -151,6 +184,13 @@ inline bool dispatcher::run(std::span<worker_link> workers) {
 /// Cuts the next chunk for @p w: requeued items first, then the jobs in order.
 inline bool dispatcher::next_chunk(worker_link& w, chunk& c, std::size_t workers) {
   const std::size_t limit = w.budget;
+  // Items of a call that was cancelled or aborted meanwhile do not run.
+  while (!requeued_.empty() && requeued_.front().owner->aborted) {
+    chunk& r = requeued_.front();
+    r.owner->outstanding -= r.count();
+    dropped_ += r.count();
+    requeued_.pop_front();
+  }
   if (!requeued_.empty()) {
     chunk& r = requeued_.front();
     if (r.count() <= limit) {

@@ -50,6 +50,20 @@
 
 namespace procpool::detail {
 
+/// The error of a call that async_result::cancel() stopped.
+inline std::exception_ptr cancelled_call() {
+  return std::make_exception_ptr(cancelled_error(
+      "procpool: the call was cancelled (async_result::cancel) before it finished; it has no "
+      "result"));
+}
+
+/// The error of a call that shutdown(cancel_futures) cancelled before it started.
+inline std::exception_ptr shutdown_cancelled() {
+  return std::make_exception_ptr(cancelled_error(
+      "procpool::Pool::shutdown: the call was cancelled (cancel_futures) before any of it "
+      "started; it has no result"));
+}
+
 /// The engine of one Pool. Built by make_shared: the callback thread holds it.
 class engine : public std::enable_shared_from_this<engine> {
  public:
@@ -85,6 +99,17 @@ class engine : public std::enable_shared_from_this<engine> {
   void close();
   void join();
   void terminate() noexcept;
+  /// close(), after cancelling every call none of whose items went out yet
+  /// when @p cancel_pending (Python's shutdown(cancel_futures=True)).
+  void shutdown(bool cancel_pending);
+
+  // Cancelling (async_result::cancel); each under the lock (locked()).
+  /// Cancels job @p j: its items not started are dropped, and each worker
+  /// running one is killed, reaped and replaced, before this returns. False
+  /// when it had finished (then it keeps its outcome).
+  bool cancel_job(job& j, const std::exception_ptr& why = cancelled_call());
+  /// True while a worker runs an item of @p j.
+  bool job_running(const job& j) const;
   std::vector<pid_t> pids();
   pool_stats stats();
   std::size_t size() const noexcept { return workers_.size(); }
@@ -129,6 +154,10 @@ class engine : public std::enable_shared_from_this<engine> {
   bool express_finished(const express_ticket& t) { return express_settled(t); }
   /// Frees a finished cell whose result was read.
   void express_release(const express_ticket& t) noexcept { lane_.release(t); }
+  /// Under the lock: cancel_job for express call @p t.
+  bool cancel_express(const express_ticket& t);
+  /// Under the lock: true while a worker runs express call @p t.
+  bool express_running(const express_ticket& t) const;
   /// The caller's handle is gone: the call still runs, and whoever finishes it frees the cell.
   void express_drop(const express_ticket& t) noexcept {
     if (owned_here()) lane_.drop(t);  // elsewhere the cell is the builder's
@@ -163,6 +192,8 @@ class engine : public std::enable_shared_from_this<engine> {
   void kill_all(std::unique_lock<std::mutex>& lk) noexcept;
   void abort_all(const std::exception_ptr& e);
   bool all_done() const;
+  /// Kills @p w to stop a cancelled call, and settles its death now.
+  void stop_for_cancel(worker& w);
   // The express lane's calls, when the engine finishes them.
   bool express_settled(const express_ticket& t);
   void fail_cell(const express_ticket& t, std::exception_ptr e) noexcept;
@@ -186,6 +217,7 @@ class engine : public std::enable_shared_from_this<engine> {
   // For stats(); the rest is counted by the dispatcher and the workers.
   std::atomic<std::uint64_t> express_posted_{0};
   std::uint64_t done_ = 0, failed_ = 0, started_ = 0;
+  std::uint64_t cells_cancelled_ = 0;  // express calls failed as cancelled by on_death
 
   std::mutex m_;
   driver drv_;
@@ -683,19 +715,37 @@ inline void engine::on_death(worker& w, int exitcode) {
                         s->rss_bytes.load(std::memory_order_relaxed),
                         w.timeout_ns == timeout_ns_ ? "task_timeout" : "its call's timeout");
   };
+  // Killed to stop a cancelled call (stop_for_cancel): nothing else it held
+  // is to blame, whatever it ran by the time the signal came.
+  const bool cancel_kill = w.cancel_kill;
   // Its express calls: the running one fails when it is blamed, the rest run again.
   lane_.for_each_in_flight(static_cast<std::uint32_t>(w.index),
                            [&](const express_ticket& t, std::uint32_t st) {
-                             if (st == cell_running && blame.on_cell() && blame.cell() == t.index)
+                             if (w.cancelled_cells & (1u << t.index)) {
+                               ++cells_cancelled_;
+                               fail_cell(t, cancelled_call());
+                             } else if (!cancel_kill && st == cell_running && blame.on_cell() &&
+                                        blame.cell() == t.index) {
                                fail_cell(t, blamed(0));
-                             else
+                             } else {
                                requeue_cell(t);
+                             }
                            });
   // Its chunks, requeued in order at the front, so that imap's order suffers least.
   std::deque<chunk> mine = std::move(w.out.chunks());
   w.out.chunks().clear();
   for (auto it = mine.rbegin(); it != mine.rend(); ++it) {
     chunk& c = *it;
+    if (!c.revoked && c.owner->aborted) {
+      // Its call was cancelled (or its imap range dropped): nothing of it runs again.
+      c.owner->outstanding -= c.count();
+      failed_ += c.count();
+      continue;
+    }
+    if (cancel_kill) {
+      if (!c.revoked) disp_.requeue(c, 0, c.count());
+      continue;
+    }
     const chunk_verdict v =
         judge_chunk(blame, c.seq, c.count(), c.revoked, c.attempts, c.orphaned, opts_.retries);
     c.orphaned = v.orphaned;
@@ -842,6 +892,118 @@ inline void engine::kill_all(std::unique_lock<std::mutex>& lk) noexcept {
   drv_.notify_followers();
 }
 
+// ---------------------------------------------------------------- cancelling
+
+inline bool engine::cancel_job(job& j, const std::exception_ptr& why) {
+  if (j.cancelled) return true;
+  if (j.complete()) return false;
+  // Answers already in the rings count: a call that has finished is not cancelled.
+  for (auto& w : workers_) drain(w);
+  if (j.complete()) return false;
+  j.cancelled = true;
+  j.abort(why);
+  j.outstanding -= disp_.drop(j);
+  for (auto& w : workers_) {
+    if (w.pid == 0) continue;
+    // What a worker holds and has not started is taken back; a worker that
+    // started an item of it is stopped.
+    while (std::optional<chunk> c = w.out.take_back_if(
+               shared_of(w)->claims, [&](const chunk& k) { return k.owner.get() == &j; })) {
+      j.outstanding -= c->count();
+      failed_ += c->count();
+      if (w.budget != std::numeric_limits<std::size_t>::max()) w.budget += c->count();
+    }
+    const bool holds = std::any_of(w.out.chunks().begin(), w.out.chunks().end(),
+                                   [&](const chunk& k) { return k.owner.get() == &j; });
+    if (holds) stop_for_cancel(w);
+  }
+  drv_.notify_followers();
+  drv_.poke();  // the driver looks again: workers were replaced, work requeued
+  return true;
+}
+
+inline bool engine::cancel_express(const express_ticket& t) {
+  if (lane_.finished(t)) return false;
+  if (lane_.withdraw(t, cancelled_call())) {
+    ++failed_;
+    drv_.notify_followers();
+    return true;
+  }
+  const std::uint32_t st = lane_.cell(t).state.load(std::memory_order_acquire) & ~cell_dropped;
+  if (st == cell_requeued) {
+    // It runs through the queues: cancelled as the job it is now.
+    std::shared_ptr<job> j = disp_.cell_job_of(t);
+    for (auto& w : workers_)
+      for (const chunk& c : w.out.chunks())
+        if (!j && !c.revoked)
+          if (const auto* cj = dynamic_cast<const cell_job*>(c.owner.get()); cj && cj->runs(t))
+            j = c.owner;
+    return j && cancel_job(*j);
+  }
+  if (st != cell_running) return false;
+  worker& w = workers_[t.worker];
+  if (w.pid == 0) {
+    fail_cell(t, cancelled_call());
+    return true;
+  }
+  // Running: its worker is stopped. It may finish first; then it is not cancelled.
+  const std::uint64_t before = cells_cancelled_;
+  w.cancelled_cells |= 1u << t.index;
+  stop_for_cancel(w);
+  drv_.poke();
+  return cells_cancelled_ != before;
+}
+
+inline void engine::stop_for_cancel(worker& w) {
+  w.cancel_kill = true;
+  try {
+    send_signal(w.pid, SIGKILL);
+  } catch (...) {
+    // Not ours to signal (EPERM): what it runs is dropped when it answers or dies.
+    return;
+  }
+  on_death(w, *reap(w, true));
+}
+
+inline bool engine::job_running(const job& j) const {
+  if (j.complete()) return false;
+  for (const auto& w : workers_)
+    if (w.pid && w.out.runs(j, shared_of(w)->claims)) return true;
+  return false;
+}
+
+inline bool engine::express_running(const express_ticket& t) const {
+  const std::uint32_t st = lane_.cell(t).state.load(std::memory_order_acquire) & ~cell_dropped;
+  if (st == cell_running) return true;
+  if (st != cell_requeued) return false;
+  for (const auto& w : workers_)
+    for (const chunk& c : w.out.chunks())
+      if (const auto* cj = dynamic_cast<const cell_job*>(c.owner.get()); cj && cj->runs(t))
+        return w.pid && w.out.runs(*c.owner, shared_of(w)->claims);
+  return false;
+}
+
+inline void engine::shutdown(bool cancel_pending) {
+  check_owner();
+  std::lock_guard lk(m_);
+  if (cancel_pending && phase_ == phase::running) {
+    // Every call waiting, here or queued to a worker, none of whose items has
+    // started or finished.
+    std::vector<std::shared_ptr<job>> calls;
+    const auto add = [&](const std::shared_ptr<job>& j) {
+      if (j && !j->complete() && std::find(calls.begin(), calls.end(), j) == calls.end())
+        calls.push_back(j);
+    };
+    disp_.for_each_job(add);
+    for (auto& w : workers_)
+      for (const chunk& c : w.out.chunks()) add(c.owner);
+    for (auto& j : calls)
+      if (j->outstanding == j->handed && !job_running(*j)) cancel_job(*j, shutdown_cancelled());
+  }
+  lane_.close();
+  if (phase_ == phase::running) phase_ = phase::closed;
+}
+
 inline pool_stats engine::stats() {
   check_owner();
   std::lock_guard lk(m_);
@@ -852,7 +1014,7 @@ inline pool_stats engine::stats() {
   for (auto& w : workers_)
     if (w.pid && shared_of(w)->running_seq.load(std::memory_order_acquire) != 0) ++s.running;
   s.done = done_ + ps.express_ok.load(std::memory_order_relaxed);
-  s.failed = failed_ + disp_.cells_failed() + ps.express_failed.load(std::memory_order_relaxed);
+  s.failed = failed_ + disp_.items_failed() + ps.express_failed.load(std::memory_order_relaxed);
   s.submitted = disp_.items_cut() + express_posted_.load(std::memory_order_relaxed);
   // Read at slightly different instants: never below zero.
   const std::uint64_t ended = s.done + s.failed + s.running;

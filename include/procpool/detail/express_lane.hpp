@@ -87,6 +87,9 @@ class express_lane {
   void fail(const ticket& t, std::exception_ptr e) noexcept;
   /// The cell goes through the queues (its worker died before running it).
   void mark_requeued(const ticket& t) noexcept;
+  /// Takes back cell @p t if it is posted and not started, and fails it with
+  /// @p e; false when its worker started it (or it is not posted).
+  bool withdraw(const ticket& t, std::exception_ptr e) noexcept;
   /// Takes back a cell posted to @p worker and not started; false when none is.
   bool take_posted(std::uint32_t worker, ticket& t) noexcept;
   /// True when @p worker has a cell posted and not started.
@@ -160,6 +163,10 @@ class cell_job final : public job {
     return 1;
   }
   bool input_done() const override { return sent_; }
+  /// True when it runs express call @p t.
+  bool runs(const express_lane::ticket& t) const noexcept {
+    return t.worker == t_.worker && t.index == t_.index;
+  }
   std::size_t deliver(std::uint64_t, std::uint64_t, const std::vector<item_failure>& failed,
                       reader& values) override {
     if (finished_) return 0;
@@ -334,6 +341,20 @@ inline bool express_lane::take_posted(std::uint32_t worker, ticket& t) noexcept 
         t = {worker, k};
         return true;
       }
+    }
+  }
+  return false;
+}
+
+inline bool express_lane::withdraw(const ticket& t, std::exception_ptr e) noexcept {
+  express_cell& c = cell(t);
+  std::uint32_t st = c.state.load(std::memory_order_acquire);
+  while ((st & ~cell_dropped) == cell_posted) {
+    // To claimed, which the worker does not take, then finished with the error.
+    if (c.state.compare_exchange_weak(st, cell_claimed | (st & cell_dropped),
+                                      std::memory_order_acq_rel)) {
+      fail(t, std::move(e));
+      return true;
     }
   }
   return false;

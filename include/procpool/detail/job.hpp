@@ -62,6 +62,7 @@ class job {
   std::uint64_t total = 0;      // input items, when known (0: unknown)
   std::uint64_t handed = 0;     // input items handed out so far
   bool aborted = false;
+  bool cancelled = false;       // async_result::cancel or shutdown(cancel_futures): aborted too
   /// Once complete(): true when the call failed (an item's error, or aborted).
   virtual bool failed() const { return aborted; }
   /// True when every item has a result or an error.

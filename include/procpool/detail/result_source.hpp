@@ -43,6 +43,10 @@ class express_handle {
   bool settled() { return eng_->express_finished(t_); }
   /// Once finished: true when the call failed.
   bool failed() const { return eng_->cell(t_).status != status_ok; }
+  /// Under the engine's lock: engine::cancel_express.
+  bool cancel() { return eng_->cancel_express(t_); }
+  /// Under the engine's lock: true while a worker runs it.
+  bool running() const { return eng_->express_running(t_); }
   /// The finished cell's value; throws its error. Frees the cell.
   template <class T>
   T take() {
@@ -115,6 +119,21 @@ class result_source {
   }
   /// Once settled: the value; throws the call's error. @throws usage_error the second time.
   T take();
+  /// Under the engine's lock: cancels the call (engine::cancel_job, cancel_cell);
+  /// true when it is cancelled, false when it had finished first.
+  bool cancel_locked() {
+    if (cancelled_locked()) return true;
+    if (taken_) return false;
+    cancelled_ = cell_ ? cell_.cancel() : eng_->cancel_job(*job_);
+    return cancelled_;
+  }
+  /// Under the engine's lock: true when it was cancelled.
+  bool cancelled_locked() const { return cancelled_ || (job_ && job_->cancelled); }
+  /// Under the engine's lock: true while a worker runs it.
+  bool running_locked() const {
+    if (taken_) return false;
+    return cell_ ? cell_.running() : eng_->job_running(*job_);
+  }
 
  private:
   std::shared_ptr<engine> eng_;
@@ -122,6 +141,7 @@ class result_source {
   std::function<T()> take_;  // moves the value out of the job; under the engine's lock
   express_handle cell_;      // the express lane's cell, until taken
   bool taken_ = false;
+  bool cancelled_ = false;   // cancel_locked() succeeded; under the engine's lock
 };
 
 /// The message of a second get() on one result; built here only.

@@ -78,7 +78,18 @@ class task_queue {
   /// Takes the first chunk not started by the worker: one not yet written,
   /// or one written whose claim word the parent revoked on @p claims (a
   /// placeholder stays). Nothing when every chunk has started.
-  std::optional<chunk> take_back(claim_board& claims);
+  std::optional<chunk> take_back(claim_board& claims) {
+    return take_back_if(claims, [](const chunk&) { return true; });
+  }
+  /// Like take_back, the first such chunk for which @p pred(chunk) is true.
+  template <class Pred>
+  std::optional<chunk> take_back_if(claim_board& claims, Pred pred);
+  /// True when a chunk of @p j is here and its worker has started it.
+  bool runs(const job& j, const claim_board& claims) const noexcept {
+    for (const chunk& c : chunks_)
+      if (c.owner.get() == &j && claims.is_started(c.claim, c.seq)) return true;
+    return false;
+  }
   /// Adds the chunks the worker has not started to @p load.
   void count_unstarted(const claim_board& claims, worker_load& load) const noexcept {
     for (const chunk& c : chunks_)
@@ -148,6 +159,8 @@ struct worker_link {
   std::int64_t timeout_ns = 0;  // and the limit it ran past
   bool corrupt = false;       // sent bytes we cannot parse; killed, awaiting reaping
   bool dying = false;         // reaped; on_death is reading what it left
+  bool cancel_kill = false;   // killed to stop a cancelled call: nothing else it held is to blame
+  std::uint32_t cancelled_cells = 0;  // bit k: its express cell k was cancelled running
 
   /// Starts the record of a new worker on rings @p tasks and @p results.
   void reset(byte_ring tasks, byte_ring results, std::size_t max_tasks) {
@@ -155,7 +168,8 @@ struct worker_link {
     in.reset(results);
     timing = chunk_timing();
     budget = max_tasks ? max_tasks : std::numeric_limits<std::size_t>::max();
-    timed_out = corrupt = dying = false;
+    timed_out = corrupt = dying = cancel_kill = false;
+    cancelled_cells = 0;
   }
   /// True while its rings are read and written: alive, and its stream parses.
   bool connected() const noexcept { return pid != 0 && !corrupt; }
@@ -163,10 +177,11 @@ struct worker_link {
 
 // ---------------------------------------------------------------------------
 
-inline std::optional<chunk> task_queue::take_back(claim_board& claims) {
+template <class Pred>
+std::optional<chunk> task_queue::take_back_if(claim_board& claims, Pred pred) {
   for (std::size_t i = 0; i < chunks_.size(); ++i) {
     chunk& c = chunks_[i];
-    if (c.revoked) continue;
+    if (c.revoked || !pred(static_cast<const chunk&>(c))) continue;
     const bool unwritten = i > sent_ || (i == sent_ && send_off_ == 0);
     if (i == sent_ && !unwritten) continue;  // partly written: it goes out whole
     if (!unwritten && !claims.revoke(c.claim, c.seq)) continue;  // started
