@@ -938,7 +938,12 @@ inline bool engine::cancel_express(const express_ticket& t) {
         if (!j && !c.revoked)
           if (const auto* cj = dynamic_cast<const cell_job*>(c.owner.get()); cj && cj->runs(t))
             j = c.owner;
-    return j && cancel_job(*j);
+    if (!j) return false;
+    // Counted when posted: if none of it was cut into a chunk yet, nothing else counts its end.
+    const bool uncounted = j->handed == 0;
+    if (!cancel_job(*j)) return false;
+    if (uncounted) ++failed_;
+    return true;
   }
   if (st != cell_running) return false;
   worker& w = workers_[t.worker];
