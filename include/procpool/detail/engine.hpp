@@ -3,9 +3,11 @@
 #pragma once
 
 // The untyped core of Pool, in the parent: the engine owns the shared memory,
-// the workers and the jobs, sends chunks as scheduler.hpp says, reads the
-// answers, and settles the deaths of workers (death_verdict.hpp). It has no
-// thread of its own: the callers waiting on it drive it (driver.hpp).
+// the workers and the jobs. Each round it reads the answers (answer_reader.hpp),
+// sends chunks (dispatcher.hpp, as scheduler.hpp says), kills overdue workers
+// (watchdog.hpp) and settles the deaths of workers (death_verdict.hpp,
+// salvage.hpp); it also cancels calls. It has no thread of its own: the
+// callers waiting on it drive it (driver.hpp).
 // Pool<F> in pool.hpp adds the types through jobs (jobs.hpp) and runner
 // function pointers (runners.hpp); a runner's address is the same in the
 // workers (worker_loop.hpp), which are forks.
@@ -31,19 +33,24 @@
 #include "../options.hpp"
 #include "../process.hpp"
 #include "../stats.hpp"
+#include "answer_reader.hpp"
 #include "buffer.hpp"
 #include "callback_runner.hpp"
+#include "canceller.hpp"
 #include "death_verdict.hpp"
 #include "dispatcher.hpp"
 #include "driver.hpp"
 #include "event_watch.hpp"
 #include "express_lane.hpp"
 #include "job.hpp"
+#include "option_checks.hpp"
 #include "posix.hpp"
 #include "ring.hpp"
+#include "salvage.hpp"
 #include "scheduler.hpp"
 #include "shared_layout.hpp"
 #include "tuning.hpp"
+#include "watchdog.hpp"
 #include "wire.hpp"
 #include "worker_link.hpp"
 #include "worker_loop.hpp"
@@ -104,12 +111,11 @@ class engine : public std::enable_shared_from_this<engine> {
   void shutdown(bool cancel_pending);
 
   // Cancelling (async_result::cancel); each under the lock (locked()).
-  /// Cancels job @p j: its items not started are dropped, and each worker
-  /// running one is killed, reaped and replaced, before this returns. False
-  /// when it had finished (then it keeps its outcome).
-  bool cancel_job(job& j, const std::exception_ptr& why = cancelled_call());
+  /// Cancels job @p j (canceller.hpp). False when it had finished (then it
+  /// keeps its outcome).
+  bool cancel_job(job& j) { return canceller_.cancel_job(j, cancelled_call()); }
   /// True while a worker runs an item of @p j.
-  bool job_running(const job& j) const;
+  bool job_running(const job& j) const { return canceller_.job_running(j); }
   std::vector<pid_t> pids();
   pool_stats stats();
   std::size_t size() const noexcept { return workers_.size(); }
@@ -155,9 +161,11 @@ class engine : public std::enable_shared_from_this<engine> {
   /// Frees a finished cell whose result was read.
   void express_release(const express_ticket& t) noexcept { lane_.release(t); }
   /// Under the lock: cancel_job for express call @p t.
-  bool cancel_express(const express_ticket& t);
+  bool cancel_express(const express_ticket& t) {
+    return canceller_.cancel_express(t, cancelled_call());
+  }
   /// Under the lock: true while a worker runs express call @p t.
-  bool express_running(const express_ticket& t) const;
+  bool express_running(const express_ticket& t) const { return canceller_.express_running(t); }
   /// The caller's handle is gone: the call still runs, and whoever finishes it frees the cell.
   void express_drop(const express_ticket& t) noexcept {
     if (owned_here()) lane_.drop(t);  // elsewhere the cell is the builder's
@@ -168,9 +176,6 @@ class engine : public std::enable_shared_from_this<engine> {
 
   using worker = worker_link;
 
-  /// The number of workers @p opts asks for; @throws usage_error for options
-  /// out of range (before anything is mapped or forked).
-  static std::size_t checked_workers(const pool_options& opts);
   worker_shared* shared_of(const worker& w) const noexcept { return shm_.worker(w.index); }
 
   void spawn_worker(worker& w);
@@ -178,35 +183,40 @@ class engine : public std::enable_shared_from_this<engine> {
   void throw_if_unusable() const;
   // Driving: one round (the wait between rounds is event_watch).
   bool pump();
-  // Receiving.
+  // Receiving: the answers are settled by the reader, the rest here.
   bool drain(worker& w);
-  void on_message(worker& w, const char* body, std::size_t size);
-  chunk take_answered(worker& w);
-  bool place_wrapped(worker& w, const byte_ring::pieces& sp);
+  void on_other_frame(worker& w, frame_kind kind, const char* body, std::size_t size);
   // Deaths and the end.
   bool check_workers();  // true if it killed or reaped a worker
-  std::int64_t limit_of(const worker& w, std::uint64_t seq) const;
   void on_death(worker& w, int exitcode);
   void break_pool(std::exception_ptr e);
   /// Under @p lk: kills and reaps the workers; every unfinished result fails.
   void kill_all(std::unique_lock<std::mutex>& lk) noexcept;
   void abort_all(const std::exception_ptr& e);
   bool all_done() const;
-  /// Kills @p w to stop a cancelled call, and settles its death now.
-  void stop_for_cancel(worker& w);
+  // What the canceller asks of the engine (canceller.hpp).
+  friend class canceller<engine>;
+  void settle_death(worker& w) { on_death(w, *reap(w, true)); }
+  void count_failed(std::uint64_t items) noexcept { failed_ += items; }
+  void wake() {
+    drv_.notify_followers();
+    drv_.poke();  // the driver looks again: workers were replaced, work requeued
+  }
+  std::uint64_t cells_cancelled() const noexcept { return cells_cancelled_; }
   // The express lane's calls, when the engine finishes them.
   bool express_settled(const express_ticket& t);
   void fail_cell(const express_ticket& t, std::exception_ptr e) noexcept;
   void requeue_cell(const express_ticket& t);
 
   pool_options opts_;
-  std::int64_t timeout_ns_ = 0;  // opts_.task_timeout, saturated; 0: none
   void* fn_;
   std::size_t cap_;
   pid_t parent_pid_;
   shared_region shm_;
   express_lane lane_;
   dispatcher disp_;  // the send path: jobs and chunks waiting for workers
+  answer_reader reader_;  // the receive path
+  watchdog watchdog_;
   std::vector<worker> workers_;
   unsigned deaths_before_ready_ = 0;  // in a row (see max_deaths_before_ready)
   std::int64_t next_check_ = 0;
@@ -216,42 +226,14 @@ class engine : public std::enable_shared_from_this<engine> {
 
   // For stats(); the rest is counted by the dispatcher and the workers.
   std::atomic<std::uint64_t> express_posted_{0};
-  std::uint64_t done_ = 0, failed_ = 0, started_ = 0;
+  std::uint64_t failed_ = 0, started_ = 0;  // items failed other than by their answers
   std::uint64_t cells_cancelled_ = 0;  // express calls failed as cancelled by on_death
 
   std::mutex m_;
   driver drv_;
   callback_runner runner_;  // the done callbacks' thread, once one is added
+  canceller<engine> canceller_{*this, workers_, shm_, disp_, lane_};
 };
-
-inline std::size_t engine::checked_workers(const pool_options& opts) {
-  const std::size_t n = opts.processes ? opts.processes : cpu_count();
-  if (n > 4096)
-    throw usage_error("procpool::Pool: " + std::to_string(n) +
-                      " processes asked for; use between 1 and 4096 (0 means cpu_count())");
-  if (opts.queue_bytes > (std::size_t{1} << 30))
-    throw usage_error("procpool::Pool: queue_bytes above 1 GiB; messages of any size stream "
-                      "through smaller queues");
-  if (opts.task_timeout.count() < 0)
-    throw usage_error("procpool::Pool: task_timeout is negative (" +
-                      std::to_string(opts.task_timeout.count()) +
-                      " ms); use a positive limit, or 0 for none");
-  if (opts.max_memory_per_child) {
-    // A worker starts with about this process's RSS: under a limit not above
-    // it, every worker would be over from the start.
-    const std::uint64_t rss = self_resident_bytes();
-    if (rss == 0)
-      throw usage_error("procpool::Pool: max_memory_per_child needs /proc/self/statm, which "
-                        "cannot be read here (is /proc mounted?); use 0 for no limit");
-    if (opts.max_memory_per_child <= rss)
-      throw usage_error("procpool::Pool: max_memory_per_child (" +
-                        describe_bytes(opts.max_memory_per_child) +
-                        ") is not above this process's memory (RSS " + describe_bytes(rss) +
-                        "), which each worker starts with (the pages a fork shares count in its "
-                        "RSS); raise it, or use 0 for no limit");
-  }
-  return n;
-}
 
 inline engine::engine(const pool_options& opts, void* fn)
     : opts_(opts),
@@ -264,12 +246,9 @@ inline engine::engine(const pool_options& opts, void* fn)
       lane_(shm_, checked_workers(opts),
             opts.max_tasks_per_child == 0 && opts.max_memory_per_child == 0 && opts.retries == 0),
       disp_(shm_, lane_, cap_, [this] { drv_.notify_followers(); }),
+      reader_(shm_, disp_, cap_, checked_workers(opts)),
+      watchdog_(opts.task_timeout, static_cast<bool>(opts.initializer)),
       drv_(shm_.pool()->parent_ev) {
-  // In nanoseconds, saturated: a limit past ~292 years means "none in practice".
-  constexpr auto ns_per_ms = std::int64_t{1'000'000};
-  timeout_ns_ = opts_.task_timeout.count() > std::numeric_limits<std::int64_t>::max() / ns_per_ms
-                    ? std::numeric_limits<std::int64_t>::max()
-                    : opts_.task_timeout.count() * ns_per_ms;
   workers_.resize(checked_workers(opts));
   for (std::size_t i = 0; i < workers_.size(); ++i) workers_[i].index = i;
   try {
@@ -447,234 +426,35 @@ inline bool engine::pump() {
 }
 
 inline bool engine::drain(worker& w) {
-  if (!w.connected()) return false;
-  bool progress = false;
-  for (;;) {
-    if (!w.in.have_header) {
-      if (w.in.ring.readable() < sizeof(frame_header)) break;
-      w.in.ring.read_some(reinterpret_cast<char*>(&w.in.hdr), sizeof w.in.hdr);
-      w.in.have_header = true;
-      w.in.got = 0;
-      if (w.in.hdr.magic != frame_magic || w.in.hdr.size > (std::uint64_t{1} << 44)) {
-        // Corrupted stream: the worker is unusable. Kill it; on_death requeues.
-        send_signal(w.pid, SIGKILL);
-        w.corrupt = true;
-        return progress;
-      }
-      w.in.body.clear();
-      progress = true;
-    }
-    const std::size_t size = static_cast<std::size_t>(w.in.hdr.size);
-    if (w.in.got == 0 && w.in.hdr.kind == static_cast<std::uint32_t>(frame_kind::results) &&
-        size >= sizeof(result_header) && w.in.ring.readable() >= size) {
-      // The whole answer is in the ring: read it where it lies instead of
-      // copying it out first (for map over small items, half the parent's copying).
-      const auto sp = w.in.ring.spans(size);
-      bool done = false;
-      if (sp.nb == 0) {
-        // As on the copying path: the message is gone from the ring whatever
-        // on_message throws, so it is never read twice.
-        w.in.have_header = false;
-        try {
-          on_message(w, sp.a, size);
-        } catch (...) {
-          w.in.ring.consume(size);
-          shared_of(w)->worker_ev.notify();
-          throw;
-        }
-        done = true;
-      } else {
-        done = place_wrapped(w, sp);  // else: copied out below, as any other message
-      }
-      if (done) {
-        w.in.have_header = false;
-        w.in.ring.consume(size);
-        shared_of(w)->worker_ev.notify();  // space freed
-        progress = true;
-        if (!w.connected()) break;  // killed: nothing more of it is trusted
-        continue;
-      }
-    }
-    if (w.in.got < size) {
-      // Grow with what has arrived, not to the claimed size at once: a corrupted
-      // header must not make the parent allocate terabytes.
-      const std::size_t avail = std::min(size - w.in.got, w.in.ring.readable());
-      if (avail == 0) break;
-      w.in.body.resize(w.in.got + avail);
-      const std::size_t n = w.in.ring.read_some(w.in.body.data() + w.in.got, avail);
-      w.in.got += n;
-      progress = true;
-    }
-    shared_of(w)->worker_ev.notify();  // space freed
-    if (w.in.got < size) break;
-    w.in.have_header = false;
-    on_message(w, w.in.body.data(), w.in.body.size());
-    // A huge answer's buffer is given back: what the pool keeps between calls
-    // stays bounded (as for the chunks' buffers, dispatcher::recycle).
-    w.in.body.clear();
-    w.in.body.shrink_if_above(2 * cap_);
-    if (!w.connected()) break;
+  return reader_.drain(w, [this](worker& v, frame_kind kind, const char* body, std::size_t size) {
+    on_other_frame(v, kind, body, size);
+  });
+}
+
+inline void engine::on_other_frame(worker& w, frame_kind kind, const char* body,
+                                   std::size_t size) {
+  if (kind == frame_kind::init_failed) {
+    reader r(body, size);
+    std::string type = get_string(r), what = get_string(r);
+    break_pool(std::make_exception_ptr(initializer_error(
+        "procpool::Pool: the initializer threw " + type + ": " + what + " in worker " +
+        std::to_string(w.pid) + "; fix it and create a new Pool")));
+  } else if (kind == frame_kind::bye && !w.dying) {
+    // The worker exits right after saying so: reap it now (when dying, it
+    // was: on_death is draining what it left).
+    settle_death(w);
   }
-  return progress;
-}
-
-/// Takes the chunk a results message answers off @p w's in-flight list, and
-/// notes how long it took.
-inline chunk engine::take_answered(worker& w) {
-  chunk c = w.out.pop_answered();
-  w.timing.answered(c.sent_ns, c.count(), monotonic_ns());
-  return c;
-}
-
-/// A results message of fixed-size values and no errors that wraps around the
-/// end of the ring: its two pieces are copied straight into the job's results.
-/// False when the message is anything else (then it is copied out and parsed).
-inline bool engine::place_wrapped(worker& w, const byte_ring::pieces& sp) {
-  if (!w.out.answer_due()) return false;
-  result_header rh;
-  sp.copy(0, &rh, sizeof rh);
-  const chunk& front = w.out.front();
-  const std::size_t size = sp.na + sp.nb;
-  if (rh.seq != front.seq || rh.count != front.count() || rh.errors != 0 || rh.errors_at != size)
-    return false;
-  char* dst = nullptr;
-  try {
-    dst = front.owner->place(front.base, front.count(), size - sizeof rh);
-  } catch (...) {
-    return false;  // the copying path meets the same error and reports it
-  }
-  if (!dst) return false;
-  chunk c = take_answered(w);
-  sp.copy(sizeof rh, dst, size - sizeof rh);
-  c.owner->outstanding -= c.count();
-  done_ += c.count();
-  disp_.recycle(std::move(c.msg), workers_.size());
-  return true;
-}
-
-inline void engine::on_message(worker& w, const char* body, std::size_t size) {
-  switch (static_cast<frame_kind>(w.in.hdr.kind)) {
-    case frame_kind::results: {
-      if (!w.out.answer_due()) {
-        send_signal(w.pid, SIGKILL);  // an answer to nothing: the stream is corrupt
-        w.corrupt = true;
-        break;
-      }
-      // Off the in-flight list first: whatever deliver() throws, the worker's
-      // next answer must match its next chunk.
-      chunk c = take_answered(w);
-      std::vector<item_failure> failed;
-      std::optional<reader> values;
-      std::size_t failures = c.count();  // unless delivered
-      try {
-        values.emplace(parse_results(body, size, c.seq, c.count(), failed));
-      } catch (const decode_error&) {
-        const auto e = std::current_exception();
-        try {
-          for (std::uint64_t i = 0; i < c.count(); ++i) c.owner->fail(c.base + i, e);
-        } catch (...) {
-          c.owner->abort(std::current_exception());
-        }
-      } catch (...) {
-        // bad_alloc reading the error records: the chunk is off the in-flight
-        // list, so its job fails whole rather than wait for it for ever.
-        c.owner->abort(std::current_exception());
-      }
-      if (values) {
-        try {
-          failures = c.owner->deliver(c.base, c.count(), failed, *values);  // and decode errors
-        } catch (...) {
-          c.owner->abort(std::current_exception());  // e.g. bad_alloc storing the values
-        }
-      }
-      c.owner->outstanding -= c.count();
-      failed_ += failures;
-      done_ += c.count() - failures;
-      disp_.recycle(std::move(c.msg), workers_.size());
-      break;
-    }
-    case frame_kind::init_failed: {
-      reader r(body, size);
-      std::string type = get_string(r), what = get_string(r);
-      break_pool(std::make_exception_ptr(initializer_error(
-          "procpool::Pool: the initializer threw " + type + ": " + what +
-          " in worker " + std::to_string(w.pid) + "; fix it and create a new Pool")));
-      break;
-    }
-    case frame_kind::skipped: {
-      // The answer to a chunk taken back (take_back): its placeholder goes.
-      // Or a chunk the worker declined (it retires: max_memory_per_child): it
-      // runs elsewhere.
-      std::uint64_t seq = 0;
-      if (size == sizeof seq) std::memcpy(&seq, body, sizeof seq);
-      const bool declined = w.out.answer_due() && !w.out.front().revoked &&
-                            shared_of(w)->retiring.load(std::memory_order_acquire);
-      if (!w.out.answer_due() || w.out.front().seq != seq || !(w.out.front().revoked || declined)) {
-        send_signal(w.pid, SIGKILL);  // not what we took back: the stream is corrupt
-        w.corrupt = true;
-        break;
-      }
-      chunk c = w.out.pop_answered();
-      if (declined) disp_.requeue(c, 0, c.count());
-      break;
-    }
-    case frame_kind::bye: {
-      if (w.dying) break;  // already reaped: on_death is draining what it left
-      // The worker exits right after saying so: reap it now.
-      on_death(w, *reap(w, true));
-      break;
-    }
-    default:
-      send_signal(w.pid, SIGKILL);
-      w.corrupt = true;
-  }
-}
-
-/// How long an item of chunk @p seq, running on @p w, may run: its call's own
-/// limit, else the pool's task_timeout (0: no limit).
-inline std::int64_t engine::limit_of(const worker& w, std::uint64_t seq) const {
-  if (!(seq & express_seq))
-    for (const chunk& c : w.out.chunks())
-      if (c.seq == seq) return c.owner && c.owner->timeout_ns > 0 ? c.owner->timeout_ns : timeout_ns_;
-  return timeout_ns_;
 }
 
 inline bool engine::check_workers() {
   bool changed = false;
   const std::int64_t now = monotonic_ns();
-  const std::int64_t limit = timeout_ns_;
   for (auto& w : workers_) {
     if (w.pid == 0) continue;
     // A worker got through the initializer: earlier deaths were not in a row.
     if (deaths_before_ready_ && shared_of(w)->ready.load(std::memory_order_acquire))
       deaths_before_ready_ = 0;
-    if (limit > 0 && !w.timed_out && opts_.initializer &&
-        !shared_of(w)->ready.load(std::memory_order_acquire) && now - w.started_ns > limit) {
-      // The initializer is bounded by task_timeout too: one that hangs would
-      // hang every call.
-      w.timed_out = true;
-      w.timeout_blame = {};
-      send_signal(w.pid, SIGKILL);
-      changed = true;
-    }
-    if (!w.timed_out) {
-      const worker_shared* s = shared_of(w);
-      // Read twice: only a consistent (seq, item) pair that is still running
-      // past the limit is killed and blamed.
-      const std::uint64_t seq = s->running_seq.load(std::memory_order_acquire);
-      const std::uint64_t item = s->running_item.load(std::memory_order_acquire);
-      const std::int64_t since = s->running_since.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
-      const std::int64_t item_limit = seq != 0 ? limit_of(w, seq) : 0;
-      if (item_limit > 0 && now - since > item_limit && s->running_seq.load() == seq &&
-          s->running_item.load() == item) {
-        w.timed_out = true;
-        w.timeout_blame = {seq, item};
-        w.timeout_ns = item_limit;
-        send_signal(w.pid, SIGKILL);
-        changed = true;
-      }
-    }
+    changed |= watchdog_.check(w, *shared_of(w), now);
     if (auto exitcode = reap(w, w.timed_out)) {
       on_death(w, *exitcode);
       changed = true;
@@ -713,9 +493,9 @@ inline void engine::on_death(worker& w, int exitcode) {
     return blamed_error(index, pid, exitcode, w.timed_out,
                         static_cast<long long>(w.timeout_ns / 1'000'000), w.corrupt,
                         s->rss_bytes.load(std::memory_order_relaxed),
-                        w.timeout_ns == timeout_ns_ ? "task_timeout" : "its call's timeout");
+                        w.timeout_ns == watchdog_.timeout_ns() ? "task_timeout" : "its call's timeout");
   };
-  // Killed to stop a cancelled call (stop_for_cancel): nothing else it held
+  // Killed to stop a cancelled call (canceller.hpp): nothing else it held
   // is to blame, whatever it ran by the time the signal came.
   const bool cancel_kill = w.cancel_kill;
   // Its express calls: the running one fails when it is blamed, the rest run again.
@@ -731,49 +511,13 @@ inline void engine::on_death(worker& w, int exitcode) {
                                requeue_cell(t);
                              }
                            });
-  // Its chunks, requeued in order at the front, so that imap's order suffers least.
-  std::deque<chunk> mine = std::move(w.out.chunks());
+  // Its chunks.
+  std::deque<chunk> held = std::move(w.out.chunks());
   w.out.chunks().clear();
-  for (auto it = mine.rbegin(); it != mine.rend(); ++it) {
-    chunk& c = *it;
-    if (!c.revoked && c.owner->aborted) {
-      // Its call was cancelled (or its imap range dropped): nothing of it runs again.
-      c.owner->outstanding -= c.count();
-      failed_ += c.count();
-      continue;
-    }
-    if (cancel_kill) {
-      if (!c.revoked) disp_.requeue(c, 0, c.count());
-      continue;
-    }
-    const chunk_verdict v =
-        judge_chunk(blame, c.seq, c.count(), c.revoked, c.attempts, c.orphaned, opts_.retries);
-    c.orphaned = v.orphaned;
-    switch (v.fate) {
-      case chunk_fate::elsewhere:
-        break;
-      case chunk_fate::requeued:
-        disp_.requeue(c, 0, c.count());
-        break;
-      case chunk_fate::lost:
-        for (std::uint64_t i = 0; i < c.count(); ++i)
-          c.owner->fail(c.base + i, lost_error(c.base + i, pid, exitcode, c.orphaned));
-        c.owner->outstanding -= c.count();
-        failed_ += c.count();
-        break;
-      case chunk_fate::blamed:
-        disp_.requeue(c, v.item + 1, c.count());
-        if (v.retry) {
-          disp_.retry(c.slice(v.item, v.item + 1, c.attempts + 1));
-        } else {
-          c.owner->fail(c.base + v.item, blamed(c.base + v.item));
-          --c.owner->outstanding;
-          ++failed_;
-        }
-        disp_.requeue(c, 0, v.item);
-        break;
-    }
-  }
+  failed_ += salvage_chunks(held, {blame, cancel_kill, opts_.retries}, disp_, blamed,
+                            [&](std::uint64_t index, unsigned orphaned) {
+                              return lost_error(index, pid, exitcode, orphaned);
+                            });
   // A worker over max_memory_per_child before it ran anything: so would be
   // its replacement, forked from this process with the same initializer.
   if (s->retiring.load() == static_cast<std::uint32_t>(memory_state::over_at_start) && !broken_)
@@ -892,119 +636,10 @@ inline void engine::kill_all(std::unique_lock<std::mutex>& lk) noexcept {
   drv_.notify_followers();
 }
 
-// ---------------------------------------------------------------- cancelling
-
-inline bool engine::cancel_job(job& j, const std::exception_ptr& why) {
-  if (j.cancelled) return true;
-  if (j.complete()) return false;
-  // Answers already in the rings count: a call that has finished is not cancelled.
-  for (auto& w : workers_) drain(w);
-  if (j.complete()) return false;
-  j.cancelled = true;
-  j.abort(why);
-  j.outstanding -= disp_.drop(j);
-  for (auto& w : workers_) {
-    if (w.pid == 0) continue;
-    // What a worker holds and has not started is taken back; a worker that
-    // started an item of it is stopped.
-    while (std::optional<chunk> c = w.out.take_back_if(
-               shared_of(w)->claims, [&](const chunk& k) { return k.owner.get() == &j; })) {
-      j.outstanding -= c->count();
-      failed_ += c->count();
-      if (w.budget != std::numeric_limits<std::size_t>::max()) w.budget += c->count();
-    }
-    const bool holds = std::any_of(w.out.chunks().begin(), w.out.chunks().end(),
-                                   [&](const chunk& k) { return k.owner.get() == &j; });
-    if (holds) stop_for_cancel(w);
-  }
-  drv_.notify_followers();
-  drv_.poke();  // the driver looks again: workers were replaced, work requeued
-  return true;
-}
-
-inline bool engine::cancel_express(const express_ticket& t) {
-  if (lane_.finished(t)) return false;
-  if (lane_.withdraw(t, cancelled_call())) {
-    ++failed_;
-    drv_.notify_followers();
-    return true;
-  }
-  const std::uint32_t st = lane_.cell(t).state.load(std::memory_order_acquire) & ~cell_dropped;
-  if (st == cell_requeued) {
-    // It runs through the queues: cancelled as the job it is now.
-    std::shared_ptr<job> j = disp_.cell_job_of(t);
-    for (auto& w : workers_)
-      for (const chunk& c : w.out.chunks())
-        if (!j && !c.revoked)
-          if (const auto* cj = dynamic_cast<const cell_job*>(c.owner.get()); cj && cj->runs(t))
-            j = c.owner;
-    if (!j) return false;
-    // Counted when posted: if none of it was cut into a chunk yet, nothing else counts its end.
-    const bool uncounted = j->handed == 0;
-    if (!cancel_job(*j)) return false;
-    if (uncounted) ++failed_;
-    return true;
-  }
-  if (st != cell_running) return false;
-  worker& w = workers_[t.worker];
-  if (w.pid == 0) {
-    fail_cell(t, cancelled_call());
-    return true;
-  }
-  // Running: its worker is stopped. It may finish first; then it is not cancelled.
-  const std::uint64_t before = cells_cancelled_;
-  w.cancelled_cells |= 1u << t.index;
-  stop_for_cancel(w);
-  drv_.poke();
-  return cells_cancelled_ != before;
-}
-
-inline void engine::stop_for_cancel(worker& w) {
-  w.cancel_kill = true;
-  try {
-    send_signal(w.pid, SIGKILL);
-  } catch (...) {
-    // Not ours to signal (EPERM): what it runs is dropped when it answers or dies.
-    return;
-  }
-  on_death(w, *reap(w, true));
-}
-
-inline bool engine::job_running(const job& j) const {
-  if (j.complete()) return false;
-  for (const auto& w : workers_)
-    if (w.pid && w.out.runs(j, shared_of(w)->claims)) return true;
-  return false;
-}
-
-inline bool engine::express_running(const express_ticket& t) const {
-  const std::uint32_t st = lane_.cell(t).state.load(std::memory_order_acquire) & ~cell_dropped;
-  if (st == cell_running) return true;
-  if (st != cell_requeued) return false;
-  for (const auto& w : workers_)
-    for (const chunk& c : w.out.chunks())
-      if (const auto* cj = dynamic_cast<const cell_job*>(c.owner.get()); cj && cj->runs(t))
-        return w.pid && w.out.runs(*c.owner, shared_of(w)->claims);
-  return false;
-}
-
 inline void engine::shutdown(bool cancel_pending) {
   check_owner();
   std::lock_guard lk(m_);
-  if (cancel_pending && phase_ == phase::running) {
-    // Every call waiting, here or queued to a worker, none of whose items has
-    // started or finished.
-    std::vector<std::shared_ptr<job>> calls;
-    const auto add = [&](const std::shared_ptr<job>& j) {
-      if (j && !j->complete() && std::find(calls.begin(), calls.end(), j) == calls.end())
-        calls.push_back(j);
-    };
-    disp_.for_each_job(add);
-    for (auto& w : workers_)
-      for (const chunk& c : w.out.chunks()) add(c.owner);
-    for (auto& j : calls)
-      if (j->outstanding == j->handed && !job_running(*j)) cancel_job(*j, shutdown_cancelled());
-  }
+  if (cancel_pending && phase_ == phase::running) canceller_.cancel_unstarted(shutdown_cancelled());
   lane_.close();
   if (phase_ == phase::running) phase_ = phase::closed;
 }
@@ -1018,8 +653,8 @@ inline pool_stats engine::stats() {
   s.workers_replaced = started_ > workers_.size() ? started_ - workers_.size() : 0;
   for (auto& w : workers_)
     if (w.pid && shared_of(w)->running_seq.load(std::memory_order_acquire) != 0) ++s.running;
-  s.done = done_ + ps.express_ok.load(std::memory_order_relaxed);
-  s.failed = failed_ + disp_.items_failed() + ps.express_failed.load(std::memory_order_relaxed);
+  s.done = reader_.done() + ps.express_ok.load(std::memory_order_relaxed);
+  s.failed = failed_ + reader_.failed() + disp_.items_failed() + ps.express_failed.load(std::memory_order_relaxed);
   s.submitted = disp_.items_cut() + express_posted_.load(std::memory_order_relaxed);
   // Read at slightly different instants: never below zero.
   const std::uint64_t ended = s.done + s.failed + s.running;
