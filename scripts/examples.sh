@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the bundled examples, the seeds' demos (shared/seeds/README.md):
 # worker, four_processes, four_processes --pids and squares; then wordcount
-# over this repository's sources.
+# over this repository's sources, and shared_counter (Value and its Lock, across processes).
 #
 #   scripts/examples.sh
 #
@@ -29,7 +29,7 @@ targets=(worker four_processes)
 # The Pool demos, as examples/CMakeLists.txt defines them. (Capture first: with
 # pipefail, grep -q closing the pipe early would fail the whole pipeline.)
 all_targets=$(cmake --build "$build_dir" --target help)
-for t in squares wordcount; do
+for t in squares wordcount shared_counter; do
   if grep -qw "$t" <<<"$all_targets"; then
     targets+=("$t")
   fi
@@ -49,3 +49,4 @@ run four_processes
 run four_processes --pids
 run squares
 run wordcount "$root/include" "$root/examples" "$root/README.md"
+run shared_counter

@@ -150,3 +150,13 @@ TEST_CASE("example squares", "[examples]") {
   }
 }
 #endif
+
+TEST_CASE("example shared_counter", "[examples]") {
+  const Run run = run_to_pipe("shared_counter");
+  CHECK(exited_zero(run.status));
+  REQUIRE(run.lines.size() == 3);
+  CHECK(run.lines[0].rfind("without the lock: ", 0) == 0);
+  CHECK(run.lines[1] == "with the lock:    400000 of 400000");
+  CHECK(run.lines[2] ==
+        "after a holder was killed: the next holder was told, and the count is 400001");
+}

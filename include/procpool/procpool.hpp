@@ -16,3 +16,7 @@
 #include "imap_range.hpp"
 #include "pool.hpp"
 #include "wait.hpp"
+#include "lock.hpp"
+#include "event.hpp"
+#include "shared_value.hpp"
+#include "shared_memory.hpp"
