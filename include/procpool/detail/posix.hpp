@@ -228,6 +228,19 @@ inline pid_t current_pid() noexcept {
   return registered ? cached_pid().load(std::memory_order_relaxed) : ::getpid();
 }
 
+/// The calling thread's id (unique across processes) without a system call
+/// after the first: cached per thread, and looked up again in a fork, whose
+/// pid differs from the one cached with it.
+inline pid_t current_tid() noexcept {
+  thread_local pid_t pid = 0, tid = 0;
+  const pid_t now = current_pid();
+  if (pid != now) {
+    tid = ::gettid();
+    pid = now;
+  }
+  return tid;
+}
+
 /// The number of CPUs online (Python's os.cpu_count()).
 inline std::size_t cpu_count() noexcept {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "../errors.hpp"
+#include "posix.hpp"
 
 namespace procpool::detail {
 
@@ -73,12 +74,12 @@ inline lock_result robust_mutex::lock_until(std::int64_t deadline, const char* w
   }
   switch (rc) {
     case 0:
-      owner.store(::gettid(), std::memory_order_relaxed);
+      owner.store(current_tid(), std::memory_order_relaxed);
       if (++depth == 1) holder_died = 0;
       return holder_died ? lock_result::acquired_holder_died : lock_result::acquired;
     case EOWNERDEAD:
       pthread_mutex_consistent(&m);
-      owner.store(::gettid(), std::memory_order_relaxed);
+      owner.store(current_tid(), std::memory_order_relaxed);
       depth = 1;
       holder_died = 1;
       return lock_result::acquired_holder_died;
@@ -94,7 +95,7 @@ inline lock_result robust_mutex::lock_until(std::int64_t deadline, const char* w
 }
 
 inline void robust_mutex::unlock(const char* who) {
-  if (owner.load(std::memory_order_relaxed) != ::gettid())
+  if (owner.load(std::memory_order_relaxed) != current_tid())
     throw usage_error(std::string(who) +
                       ": released by a thread that does not hold it; only the thread that "
                       "acquired it may release it");

@@ -1,0 +1,45 @@
+"""Python's side of bench/primitives.cpp: the same operations, CSV lines."""
+import multiprocessing as mp
+import time
+
+OPS = 200_000
+
+
+def best_ns_per_op(fn):
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        fn()
+        best = min(best, (time.perf_counter_ns() - t0) / OPS)
+    return best
+
+
+def main():
+    lock = mp.Lock()
+
+    def lock_loop():
+        for _ in range(OPS):
+            lock.acquire()
+            lock.release()
+
+    print(f"lock,python,{best_ns_per_op(lock_loop):.2f},ns")
+    v = mp.Value("l", 0)
+
+    def value_loop():
+        for _ in range(OPS):
+            with v.get_lock():
+                v.value += 1
+
+    print(f"value_locked_add,python,{best_ns_per_op(value_loop):.2f},ns")
+    e = mp.Event()
+
+    def event_loop():
+        for _ in range(OPS):
+            e.set()
+            e.is_set()
+
+    print(f"event_set_is_set,python,{best_ns_per_op(event_loop):.2f},ns")
+
+
+if __name__ == "__main__":
+    main()
