@@ -30,7 +30,7 @@ namespace procpool::detail {
 
 /// Cancels calls of the engine @p Host, which provides: drain(worker_link&)
 /// (reads its answers), settle_death(worker_link&) (reaps it, blocking, and
-/// runs on_death), fail_cell(ticket, error), count_failed(items), wake()
+/// runs on_death), settle_if_dead(worker_link&) (the same if it has ended), fail_cell(ticket, error), count_failed(items), wake()
 /// (the driver and the waiters look again) and cells_cancelled() (express
 /// calls on_death failed as cancelled so far).
 template <class Host>
@@ -133,6 +133,8 @@ bool canceller<Host>::cancel_express(const ticket& t, const std::exception_ptr& 
 
 template <class Host>
 void canceller<Host>::stop(worker_link& w) {
+  // One that died by itself dies as it did: what it ran is blamed as usual.
+  if (host_.settle_if_dead(w)) return;
   w.cancel_kill = true;
   try {
     send_signal(w.pid, SIGKILL);

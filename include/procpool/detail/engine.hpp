@@ -197,6 +197,12 @@ class engine : public std::enable_shared_from_this<engine> {
   // What the canceller asks of the engine (canceller.hpp).
   friend class canceller<engine>;
   void settle_death(worker& w) { on_death(w, *reap(w, true)); }
+  /// Settles @p w's death if it has ended by itself; false while it runs.
+  bool settle_if_dead(worker& w) {
+    const auto exitcode = reap(w, false);
+    if (exitcode) on_death(w, *exitcode);
+    return exitcode.has_value();
+  }
   void count_failed(std::uint64_t items) noexcept { failed_ += items; }
   void wake() {
     drv_.notify_followers();
@@ -471,7 +477,9 @@ inline void engine::on_death(worker& w, int exitcode) {
   drain(w);  // complete messages it wrote before dying still count
   w.pid = 0;
   worker_shared* s = shared_of(w);
-  if (opts_.initializer && !s->ready.load()) {
+  if (w.cancel_kill) {
+    // Killed by the pool to stop a call: says nothing of the initializer.
+  } else if (opts_.initializer && !s->ready.load()) {
     if (w.timed_out && !broken_)
       break_pool(std::make_exception_ptr(initializer_error(
           "procpool::Pool: the initializer ran past task_timeout (" +

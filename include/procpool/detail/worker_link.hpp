@@ -9,9 +9,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <sys/types.h>
 
 #include "buffer.hpp"
@@ -183,19 +185,27 @@ std::optional<chunk> task_queue::take_back_if(claim_board& claims, Pred pred) {
     chunk& c = chunks_[i];
     if (c.revoked || !pred(static_cast<const chunk&>(c))) continue;
     const bool unwritten = i > sent_ || (i == sent_ && send_off_ == 0);
-    if (i == sent_ && !unwritten) continue;  // partly written: it goes out whole
     if (!unwritten && !claims.revoke(c.claim, c.seq)) continue;  // started
     chunk moved = std::move(c);
     if (unwritten) {
       chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(i));
     } else {
       // The worker will read it and say it skipped it; until then its place
-      // in the answer order is held.
+      // in the answer order is held. One partly written goes out whole (the
+      // ring holds its first bytes): the placeholder keeps its message, and
+      // what is taken back is a copy.
+      const bool partial = i == sent_;
       c = chunk();
       c.seq = moved.seq;
       c.claim = moved.claim;
       c.sent_ns = moved.sent_ns;
       c.revoked = true;
+      if (partial) {
+        byte_buffer copy;
+        copy.resize(moved.msg.size());
+        std::memcpy(copy.data(), moved.msg.data(), moved.msg.size());
+        c.msg = std::exchange(moved.msg, std::move(copy));
+      }
     }
     return moved;
   }
