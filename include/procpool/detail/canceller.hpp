@@ -53,6 +53,8 @@ class canceller {
   bool job_running(const job& j) const;
   /// True while a worker runs express call @p t.
   bool express_running(const ticket& t) const;
+  /// True when express call @p t ended cancelled.
+  bool express_cancelled(const ticket& t) const { return lane_.template failed_with<cancelled_error>(t); }
   /// Cancels, with @p why, every call waiting here or queued to a worker none
   /// of whose items has started or finished (shutdown(cancel_futures)).
   void cancel_unstarted(const std::exception_ptr& why);
@@ -186,8 +188,14 @@ void canceller<Host>::cancel_unstarted(const std::exception_ptr& why) {
   disp_.for_each_job(add);
   for (const auto& w : workers_)
     for (const chunk& c : w.out.chunks()) add(c.owner);
-  for (auto& j : calls)
-    if (j->outstanding == j->handed && !job_running(*j)) cancel_job(*j, why);
+  for (auto& j : calls) {
+    if (j->outstanding != j->handed || job_running(*j)) continue;
+    // An express call run through the queues is cancelled as one, so it is counted once.
+    if (const auto* cj = dynamic_cast<const cell_job*>(j.get()))
+      cancel_express(cj->ticket(), why);
+    else
+      cancel_job(*j, why);
+  }
 }
 
 }  // namespace procpool::detail

@@ -164,6 +164,8 @@ class engine : public std::enable_shared_from_this<engine> {
   bool cancel_express(const express_ticket& t) {
     return canceller_.cancel_express(t, cancelled_call());
   }
+  /// Under the lock: true when express call @p t ended cancelled.
+  bool express_cancelled(const express_ticket& t) const { return canceller_.express_cancelled(t); }
   /// Under the lock: true while a worker runs express call @p t.
   bool express_running(const express_ticket& t) const { return canceller_.express_running(t); }
   /// The caller's handle is gone: the call still runs, and whoever finishes it frees the cell.

@@ -70,6 +70,9 @@ class express_lane {
   bool spin(const ticket& t, std::int64_t deadline) const noexcept;
   /// The exception of a cell finished with status_exception; frees the cell.
   std::exception_ptr take_error(const ticket& t);
+  /// True when the cell finished with an exception of type @p E (it stays).
+  template <class E>
+  bool failed_with(const ticket& t);
   /// Frees a finished cell whose result was read.
   void release(const ticket& t) noexcept { cell(t).state.store(cell_free, std::memory_order_release); }
   /// The caller's handle is gone: the call still runs; whoever finishes it frees the cell.
@@ -163,6 +166,8 @@ class cell_job final : public job {
     return 1;
   }
   bool input_done() const override { return sent_; }
+  /// The express call it runs.
+  const express_lane::ticket& ticket() const noexcept { return t_; }
   /// True when it runs express call @p t.
   bool runs(const express_lane::ticket& t) const noexcept {
     return t.worker == t_.worker && t.index == t_.index;
@@ -277,6 +282,23 @@ inline std::exception_ptr express_lane::take_error(const ticket& t) {
   }
   release(t);
   return e;
+}
+
+template <class E>
+bool express_lane::failed_with(const ticket& t) {
+  if (!finished(t) || cell(t).status != status_exception) return false;
+  std::exception_ptr e;
+  {
+    std::lock_guard lk(errors_m_);
+    e = error_of(t);
+  }
+  try {
+    if (e) std::rethrow_exception(e);
+  } catch (const E&) {
+    return true;
+  } catch (...) {
+  }
+  return false;
 }
 
 inline void express_lane::drop(const ticket& t) noexcept {

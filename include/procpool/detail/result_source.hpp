@@ -47,6 +47,8 @@ class express_handle {
   bool cancel() { return eng_->cancel_express(t_); }
   /// Under the engine's lock: true while a worker runs it.
   bool running() const { return eng_->express_running(t_); }
+  /// Under the engine's lock: true when it ended cancelled (also by shutdown(cancel_futures)).
+  bool cancelled() const { return eng_->express_cancelled(t_); }
   /// The finished cell's value; throws its error. Frees the cell.
   template <class T>
   T take() {
@@ -128,7 +130,9 @@ class result_source {
     return cancelled_;
   }
   /// Under the engine's lock: true when it was cancelled.
-  bool cancelled_locked() const { return cancelled_ || (job_ && job_->cancelled); }
+  bool cancelled_locked() const {
+    return cancelled_ || (job_ && job_->cancelled) || (!taken_ && cell_ && cell_.cancelled());
+  }
   /// Under the engine's lock: true while a worker runs it.
   bool running_locked() const {
     if (taken_) return false;
@@ -141,7 +145,7 @@ class result_source {
   std::function<T()> take_;  // moves the value out of the job; under the engine's lock
   express_handle cell_;      // the express lane's cell, until taken
   bool taken_ = false;
-  bool cancelled_ = false;   // cancel_locked() succeeded; under the engine's lock
+  bool cancelled_ = false;  // cancel_locked() succeeded, or take() threw cancelled_error; under the lock
 };
 
 /// The message of a second get() on one result; built here only.
@@ -154,7 +158,12 @@ T result_source<T>::take() {
   if constexpr (std::is_void_v<T> || bitwise<T>) {
     if (cell_) {
       taken_ = true;
-      return cell_.template take<T>();
+      try {
+        return cell_.template take<T>();
+      } catch (const cancelled_error&) {
+        eng_->locked([this] { cancelled_ = true; });  // cancelled() stays true after get()
+        throw;
+      }
     }
   }
   if (taken_ || !job_) throw taken_twice();
