@@ -90,7 +90,7 @@ bool canceller<Host>::cancel_job(job& j, const std::exception_ptr& why) {
   const auto of_j = [&](const chunk& k) { return k.owner.get() == &j; };
   for (auto& w : workers_) {
     if (w.pid == 0) continue;
-    while (std::optional<chunk> c = w.out.take_back_if(claims_of(w), of_j)) {
+    while (std::optional<chunk> c = w.out.take_back_if(claims_of(w), of_j, true)) {
       j.outstanding -= c->count();
       host_.count_failed(c->count());
       if (w.budget != std::numeric_limits<std::size_t>::max()) w.budget += c->count();

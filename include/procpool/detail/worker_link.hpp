@@ -9,11 +9,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <deque>
 #include <limits>
 #include <optional>
-#include <utility>
 #include <sys/types.h>
 
 #include "buffer.hpp"
@@ -84,8 +82,11 @@ class task_queue {
     return take_back_if(claims, [](const chunk&) { return true; });
   }
   /// Like take_back, the first such chunk for which @p pred(chunk) is true.
+  /// With @p partly_written, also one the ring holds the first bytes of: it
+  /// still goes out whole (its placeholder keeps the message, and the worker
+  /// skips it), so what is returned has no message: for dropping, not sending.
   template <class Pred>
-  std::optional<chunk> take_back_if(claim_board& claims, Pred pred);
+  std::optional<chunk> take_back_if(claim_board& claims, Pred pred, bool partly_written = false);
   /// True when a chunk of @p j is here and its worker has started it.
   bool runs(const job& j, const claim_board& claims) const noexcept {
     for (const chunk& c : chunks_)
@@ -180,32 +181,26 @@ struct worker_link {
 // ---------------------------------------------------------------------------
 
 template <class Pred>
-std::optional<chunk> task_queue::take_back_if(claim_board& claims, Pred pred) {
+std::optional<chunk> task_queue::take_back_if(claim_board& claims, Pred pred, bool partly_written) {
   for (std::size_t i = 0; i < chunks_.size(); ++i) {
     chunk& c = chunks_[i];
     if (c.revoked || !pred(static_cast<const chunk&>(c))) continue;
     const bool unwritten = i > sent_ || (i == sent_ && send_off_ == 0);
+    const bool partial = i == sent_ && !unwritten;
+    if (partial && !partly_written) continue;  // it goes out whole, and runs here
     if (!unwritten && !claims.revoke(c.claim, c.seq)) continue;  // started
     chunk moved = std::move(c);
     if (unwritten) {
       chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(i));
     } else {
       // The worker will read it and say it skipped it; until then its place
-      // in the answer order is held. One partly written goes out whole (the
-      // ring holds its first bytes): the placeholder keeps its message, and
-      // what is taken back is a copy.
-      const bool partial = i == sent_;
+      // in the answer order is held (and a partly written one's message).
       c = chunk();
       c.seq = moved.seq;
       c.claim = moved.claim;
       c.sent_ns = moved.sent_ns;
       c.revoked = true;
-      if (partial) {
-        byte_buffer copy;
-        copy.resize(moved.msg.size());
-        std::memcpy(copy.data(), moved.msg.data(), moved.msg.size());
-        c.msg = std::exchange(moved.msg, std::move(copy));
-      }
+      if (partial) c.msg = std::move(moved.msg);
     }
     return moved;
   }
