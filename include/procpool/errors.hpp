@@ -98,6 +98,12 @@ class cancelled_error : public error {
   using error::error;
 };
 
+/// A Queue was closed and is empty: get() would wait for ever.
+class closed_error : public error {
+ public:
+  using error::error;
+};
+
 /// pool_options::initializer threw or crashed in a worker; the pool cannot run tasks.
 class initializer_error : public error {
  public:

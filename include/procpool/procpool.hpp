@@ -20,3 +20,4 @@
 #include "event.hpp"
 #include "shared_value.hpp"
 #include "shared_memory.hpp"
+#include "queue.hpp"

@@ -1,0 +1,330 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The untyped core of Queue: messages of any size between any number of
+// producer and consumer processes, through one byte ring in shared memory.
+//
+// The rules it keeps, so that a process dying at any instant stops no other:
+// - A message goes out as chunks of at most a quarter of the ring, each
+//   published with one store (byte_ring::write_whole): a reader sees whole
+//   chunks only. One producer writes at a time (put_lock), one consumer reads
+//   at a time (get_lock), so between them the ring is single-producer
+//   single-consumer, as the pool's rings are; both locks are robust.
+// - A producer that dies mid-message leaves whole chunks of it. The next
+//   producer (its put_lock says the holder died) writes an abort chunk for
+//   it, and consumers drop what they had of it. A consumer waiting for the
+//   rest of a message looks whether its producer still lives (a try of
+//   put_lock) and, when it died, drops the message itself.
+// - The ring always keeps room for an abort chunk, so a producer can always
+//   abort (its put timed out), whatever the consumers do.
+// - A consumer that dies mid-message loses that message (it took part of
+//   it); the next consumer skips the rest of it (get_id).
+// - A wait for a message to begin honours the caller's deadline; a message
+//   that has begun is read to its end or to its producer's death.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "../errors.hpp"
+#include "buffer.hpp"
+#include "posix.hpp"
+#include "ring.hpp"
+#include "robust_mutex.hpp"
+#include "shared_block.hpp"
+#include "tuning.hpp"
+
+namespace procpool::detail {
+
+/// The header of one chunk in a queue's ring.
+struct queue_chunk {
+  static constexpr std::uint32_t magic_value = 0x51434b31;  // "QCK1"
+  static constexpr std::uint32_t first = 1, last = 2, abort = 4;
+  std::uint32_t magic;
+  std::uint32_t flags;
+  std::uint64_t id;   // the message's number, from 1
+  std::uint64_t len;  // payload bytes after the header
+};
+static_assert(sizeof(queue_chunk) == 24 && std::is_trivially_copyable_v<queue_chunk>);
+
+/// The shared part of a queue, followed by its ring's bytes. What producers
+/// write and what consumers write lie on cache lines of their own.
+struct queue_shared {
+  // Producers' side.
+  alignas(64) robust_mutex put_lock;
+  std::atomic<std::uint64_t> next_id;  // under put_lock
+  std::atomic<std::uint64_t> put_id;   // the message of several chunks being written; 0: none
+  std::atomic<std::uint64_t> written;  // whole messages written (their last chunk)
+  // Consumers' side.
+  alignas(64) robust_mutex get_lock;
+  std::atomic<std::uint64_t> get_id;  // the message of several chunks being read; 0: none
+  std::atomic<std::uint64_t> taken;   // whole messages read, or skipped (their last chunk)
+  // Both.
+  alignas(64) std::atomic<std::uint32_t> closed;
+  ring_control ring;
+  event data;   // a chunk was published, or the queue closed
+  event space;  // a chunk was consumed
+};
+static_assert(alignof(queue_shared) == 64 && sizeof(queue_shared) % 64 == 0,
+              "the ring's bytes follow, aligned");
+
+/// One queue: copies share it, forks inherit it.
+class queue_channel {
+ public:
+  /// A queue whose ring holds @p ring_bytes (rounded up to a power of two,
+  /// at least 4 KiB); at most @p maxsize whole messages (0: no limit).
+  /// @p who names the primitive in errors.
+  queue_channel(std::size_t ring_bytes, std::size_t maxsize, const char* who);
+
+  /// Sends the @p n bytes at @p p as one message. False when @p deadline
+  /// (monotonic ns) came first: then no consumer gets any of it.
+  /// @throws usage_error after close().
+  bool put(const char* p, std::size_t n, std::int64_t deadline);
+  /// Receives one message into @p out. False when @p deadline came before a
+  /// message began. @throws closed_error when closed and empty.
+  bool get(byte_buffer& out, std::int64_t deadline);
+
+  std::size_t qsize() const noexcept {
+    // Read in this order, taken does not pass written (but for a consumer
+    // that died in the instant between a read and its count).
+    const std::uint64_t t = state_->taken.load(std::memory_order_acquire);
+    const auto n = static_cast<std::int64_t>(state_->written.load(std::memory_order_acquire) - t);
+    return n > 0 ? static_cast<std::size_t>(n) : 0;
+  }
+  std::size_t maxsize() const noexcept { return maxsize_; }
+  /// No more puts, anywhere; gets drain what is there, then throw closed_error.
+  void close() noexcept {
+    state_->closed.store(1, std::memory_order_release);
+    state_->data.notify();
+    state_->space.notify();
+  }
+  bool closed() const noexcept { return state_->closed.load(std::memory_order_acquire) != 0; }
+
+ private:
+  static constexpr std::int64_t forever = std::numeric_limits<std::int64_t>::max();
+  static constexpr std::int64_t probe_ns = 10'000'000;  // how often a reader looks at its producer
+
+  byte_ring ring() const noexcept {
+    return byte_ring(&state_->ring, static_cast<char*>(state_.extra()), ring_bytes_);
+  }
+  /// Waits on @p e until @p ready() or @p until; true when ready.
+  template <class Ready>
+  static bool wait_on(event& e, std::int64_t until, Ready ready);
+  void write_chunk(std::uint32_t flags, std::uint64_t id, const char* p, std::size_t n);
+  /// Under put_lock, after its holder died: ends the message it was writing.
+  void abort_dead_put();
+  /// Under get_lock: one more message read or skipped.
+  void count_taken() noexcept {
+    state_->taken.store(state_->taken.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  }
+  /// Under get_lock, mid-message @p id with no chunk to read: true when the
+  /// message can never end (its producer died), and then it was dropped.
+  bool producer_gone(std::uint64_t id);
+
+  std::size_t ring_bytes_;
+  std::size_t maxsize_;
+  const char* who_;
+  shared_block<queue_shared> state_;
+};
+
+// ---------------------------------------------------------------------------
+
+inline std::size_t queue_ring_size(std::size_t n) {
+  std::size_t p = 4096;
+  while (p < n && p < (std::size_t{1} << 40)) p *= 2;
+  return p;
+}
+
+inline queue_channel::queue_channel(std::size_t ring_bytes, std::size_t maxsize, const char* who)
+    : ring_bytes_(queue_ring_size(ring_bytes)),
+      maxsize_(maxsize),
+      who_(who),
+      state_(who, queue_ring_size(ring_bytes)) {
+  state_->put_lock.init(false, who);
+  state_->get_lock.init(false, who);
+}
+
+template <class Ready>
+bool queue_channel::wait_on(event& e, std::int64_t until, Ready ready) {
+  constexpr std::int64_t slice = 100'000'000;
+  if (ready()) return true;
+  const std::int64_t spin_end = monotonic_ns() + queue_spin_ns;
+  for (unsigned i = 1;; ++i) {
+    cpu_relax();
+    if (ready()) return true;
+    if ((i & 31) == 0) {
+      const std::int64_t now = monotonic_ns();
+      if (now >= spin_end || now >= until) break;
+    }
+  }
+  for (;;) {
+    if (ready()) return true;
+    const std::uint32_t seen = e.prepare();
+    if (ready()) {
+      e.retire();
+      return true;
+    }
+    const std::int64_t left = until - monotonic_ns();
+    if (left <= 0) {
+      e.retire();
+      return false;
+    }
+    e.wait(seen, left < slice ? left : slice);
+    e.retire();
+  }
+}
+
+inline void queue_channel::write_chunk(std::uint32_t flags, std::uint64_t id, const char* p,
+                                       std::size_t n) {
+  const queue_chunk h{queue_chunk::magic_value, flags, id, n};
+  ring().write_whole(reinterpret_cast<const char*>(&h), sizeof h, p, n);
+  state_->data.notify();
+}
+
+inline void queue_channel::abort_dead_put() {
+  const std::uint64_t id = state_->put_id.load(std::memory_order_relaxed);
+  if (id == 0) return;
+  state_->put_id.store(0, std::memory_order_relaxed);
+  // Room for it is kept (put), unless the dead producer was writing its own
+  // abort. Without one, a reader drops the message all the same: at the next
+  // message's first chunk, or when it finds no producer (producer_gone).
+  if (ring().writable() >= sizeof(queue_chunk)) write_chunk(queue_chunk::abort, id, nullptr, 0);
+}
+
+inline bool queue_channel::put(const char* p, std::size_t n, std::int64_t deadline) {
+  queue_shared& s = *state_;
+  if (closed()) throw usage_error(std::string(who_) + "::put: the queue was closed (close()); no more items can be put");
+  const lock_result got = s.put_lock.lock_until(deadline, who_);
+  if (got == lock_result::timed_out) return false;
+  if (got == lock_result::acquired_holder_died) abort_dead_put();
+  struct release {
+    robust_mutex& m;
+    const char* who;
+    ~release() { m.unlock(who); }
+  } unlock_at_end{s.put_lock, who_};
+  if (maxsize_ && !wait_on(s.space, deadline, [&] {
+        return closed() || qsize() < maxsize_;
+      }))
+    return false;
+  if (closed()) throw usage_error(std::string(who_) + "::put: the queue was closed (close()); no more items can be put");
+  const std::size_t reserve = sizeof(queue_chunk);  // an abort chunk always fits
+  const std::size_t most = ring_bytes_ / 4 - sizeof(queue_chunk);
+  const std::uint64_t id = s.next_id.fetch_add(1, std::memory_order_relaxed) + 1;
+  // One chunk is published with one store: only a message of several needs
+  // its id noted, for whoever finds its producer dead.
+  if (n > most) s.put_id.store(id, std::memory_order_relaxed);
+  std::size_t done = 0;
+  do {
+    const std::size_t k = n - done < most ? n - done : most;
+    const std::size_t need = sizeof(queue_chunk) + k + reserve;
+    if (!wait_on(s.space, deadline, [&] { return ring().writable() >= need; })) {
+      s.put_id.store(0, std::memory_order_relaxed);
+      if (done > 0) write_chunk(queue_chunk::abort, id, nullptr, 0);  // the kept room
+      return false;
+    }
+    std::uint32_t flags = 0;
+    if (done == 0) flags |= queue_chunk::first;
+    if (done + k == n) flags |= queue_chunk::last;
+    // Counted before it is published, so taken never passes written.
+    if (flags & queue_chunk::last) s.written.store(s.written.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    write_chunk(flags, id, p + done, k);
+    done += k;
+  } while (done < n);
+  if (n > most) s.put_id.store(0, std::memory_order_relaxed);
+  return true;
+}
+
+inline bool queue_channel::producer_gone(std::uint64_t id) {
+  queue_shared& s = *state_;
+  const lock_result got = s.put_lock.lock_until(-1, who_);
+  if (got == lock_result::timed_out) return false;  // a producer holds it: it lives
+  // No live producer writes now, and the ring holds no chunk: nothing more
+  // of message id comes (a producer that had died would have left put_id).
+  if (got == lock_result::acquired_holder_died && s.put_id.load() == id) s.put_id.store(0);
+  s.put_lock.unlock(who_);
+  return true;
+}
+
+inline bool queue_channel::get(byte_buffer& out, std::int64_t deadline) {
+  queue_shared& s = *state_;
+  const lock_result got = s.get_lock.lock_until(deadline, who_);
+  if (got == lock_result::timed_out) return false;
+  struct release {
+    robust_mutex& m;
+    const char* who;
+    ~release() { m.unlock(who); }
+  } unlock_at_end{s.get_lock, who_};
+  // The message a dead consumer was reading is lost: its rest is skipped.
+  std::uint64_t skip = got == lock_result::acquired_holder_died ? s.get_id.load() : 0;
+  if (skip) s.get_id.store(0);
+  std::uint64_t cur = 0;  // the message being read here; 0: none begun
+  out.clear();
+  byte_ring r = ring();
+  for (;;) {
+    queue_chunk h{};
+    const auto whole_chunk = [&] {
+      if (r.readable() < sizeof h) return false;
+      r.spans(sizeof h).copy(0, &h, sizeof h);
+      return r.readable() >= sizeof h + h.len;
+    };
+    if (!whole_chunk()) {
+      if (cur == 0) {
+        if (!wait_on(s.data, deadline, [&] { return whole_chunk() || closed(); })) return false;
+        if (!whole_chunk()) {  // closed, and empty
+          throw closed_error(std::string(who_) +
+                             "::get: the queue was closed (close()) and is empty; nothing more "
+                             "will come");
+        }
+      } else {
+        // Mid-message: wait for its producer, as long as it lives.
+        while (!wait_on(s.data, monotonic_ns() + probe_ns, whole_chunk)) {
+          if (producer_gone(cur)) {
+            s.get_id.store(0);
+            cur = 0;
+            out.clear();
+            break;
+          }
+        }
+        continue;
+      }
+    }
+    if (h.magic != queue_chunk::magic_value)
+      throw error(std::string(who_) + ": the queue's shared memory is corrupted (a process "
+                  "wrote into it out of bounds?); create a new one");
+    const auto spans = r.spans(sizeof h + h.len);
+    const bool ends = (h.flags & (queue_chunk::last | queue_chunk::abort)) != 0;
+    if (h.id == skip) {
+      if (h.flags & queue_chunk::last) count_taken();
+      if (ends) skip = 0;
+    } else if (h.flags & queue_chunk::abort) {
+      if (h.id == cur) {
+        cur = 0;
+        out.clear();
+        s.get_id.store(0);
+      }
+    } else if (h.flags & queue_chunk::first) {
+      // A new message: one begun before it (cur) can never end, its producer is gone.
+      cur = h.id;
+      out.clear();
+      if (!(h.flags & queue_chunk::last)) s.get_id.store(cur);
+    }
+    if (cur != 0 && h.id == cur && !(h.flags & queue_chunk::abort)) {
+      const std::size_t at = out.size();
+      out.resize(at + h.len);
+      spans.copy(sizeof h, out.data() + at, h.len);
+    }
+    r.consume(sizeof h + h.len);
+    s.space.notify();
+    if (cur != 0 && h.id == cur && (h.flags & queue_chunk::last)) {
+      count_taken();
+      if (s.get_id.load(std::memory_order_relaxed)) s.get_id.store(0);
+      return true;
+    }
+  }
+}
+
+}  // namespace procpool::detail
