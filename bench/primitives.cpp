@@ -2,8 +2,11 @@
 // Peers: procpool's Lock, a process-shared robust pthread mutex is what it is;
 // std::mutex (threads only, the floor); boost::interprocess::interprocess_mutex
 // in shared memory (not robust in Boost 1.74). Python's are in primitives.py.
-// Each figure is the best of 7 runs of 1,000,000 operations, in one process,
-// uncontended: the cost a caller pays when nobody else holds the lock.
+// The lock figures are the best of 7 runs of 1,000,000 operations, in one
+// process, uncontended: the cost a caller pays when nobody else holds the
+// lock. The Queue figures move items from a forked producer to the parent
+// through a fresh Queue with default options: the whole run, fork to join,
+// once (cold) and the best of 5 (warm).
 #include <procpool/procpool.hpp>
 
 #include <boost/interprocess/anonymous_shared_memory.hpp>
@@ -13,8 +16,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <new>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace {
 
@@ -37,6 +45,51 @@ void emit(const char* workload, const char* peer, double ns) {
 }
 
 }  // namespace
+
+/// Seconds to move @p n items made by @p make from a forked producer to this
+/// process through a fresh Queue.
+template <class T, class Make>
+double queue_run(int n, Make make) {
+  const auto t0 = std::chrono::steady_clock::now();
+  procpool::Queue<T> q;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    for (int i = 0; i < n; ++i) q.put(make(i));
+    ::_exit(0);
+  }
+  std::size_t got = 0;
+  for (int i = 0; i < n; ++i) {
+    const T v = q.get();
+    got += sizeof v;
+  }
+  ::waitpid(pid, nullptr, 0);
+  if (got == 0) std::printf("#impossible\n");
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+template <class T, class Make>
+void queue_figures(const char* workload, int n, Make make) {
+  const double cold = queue_run<T>(n, make);
+  double warm = 1e300;
+  for (int r = 0; r < 5; ++r) warm = std::min(warm, queue_run<T>(n, make));
+  std::printf("%s/cold,procpool,%.6g,s\n%s/warm,procpool,%.6g,s\n", workload, cold, workload, warm);
+}
+
+/// Seconds to memcpy @p n buffers of @p bytes (the bandwidth a Queue is compared with).
+double memcpy_run(int n, std::size_t bytes) {
+  std::vector<char> a(bytes, 'a'), b(bytes);
+  double best = 1e300;
+  for (int r = 0; r < 5; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) {
+      a[static_cast<std::size_t>(i) % bytes] = static_cast<char>(i);
+      std::memcpy(b.data(), a.data(), bytes);
+    }
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  if (b[0] == 'z') std::printf("#impossible\n");
+  return best;
+}
 
 int main() {
   {
@@ -65,6 +118,10 @@ int main() {
          }));
     emit("value_atomic_add", "procpool", best_ns_per_op([&] { v.atomic().fetch_add(1); }));
   }
+  queue_figures<int>("queue_ints", 1'000'000, [](int i) { return i; });
+  const std::vector<char> mib(std::size_t{1} << 20, 'm');
+  queue_figures<std::vector<char>>("queue_1mib", 1000, [&](int) -> const std::vector<char>& { return mib; });
+  std::printf("queue_1mib/warm,memcpy,%.6g,s\n", memcpy_run(1000, std::size_t{1} << 20));
   {
     procpool::Event e;
     emit("event_set_is_set", "procpool", best_ns_per_op([&] {

@@ -14,6 +14,29 @@ def best_ns_per_op(fn):
     return best
 
 
+def produce(q, n, item):
+    for _ in range(n):
+        q.put(item if item is not None else 1)
+
+
+def queue_run(n, item):
+    t0 = time.perf_counter()
+    q = mp.Queue()
+    p = mp.Process(target=produce, args=(q, n, item))
+    p.start()
+    for _ in range(n):
+        q.get()
+    p.join()
+    return time.perf_counter() - t0
+
+
+def queue_figures(workload, n, item, reps):
+    cold = queue_run(n, item)
+    warm = min(queue_run(n, item) for _ in range(reps))
+    print(f"{workload}/cold,python,{cold:.6g},s")
+    print(f"{workload}/warm,python,{warm:.6g},s")
+
+
 def main():
     lock = mp.Lock()
 
@@ -39,6 +62,8 @@ def main():
             e.is_set()
 
     print(f"event_set_is_set,python,{best_ns_per_op(event_loop):.2f},ns")
+    queue_figures("queue_ints", 1_000_000, None, 2)
+    queue_figures("queue_1mib", 1000, bytes(1 << 20), 2)
 
 
 if __name__ == "__main__":

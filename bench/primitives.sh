@@ -13,26 +13,43 @@ python=${PYTHON:-python3}
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROCPOOL_BUILD_BENCHMARKS=ON >/dev/null
 cmake --build "$build" -j2 --target procpool_primitives >/dev/null
 csv=$( "$build/bench/procpool_primitives"; "$python" "$here/primitives.py" )
-{
-  echo "# Shared primitives: cost per operation, uncontended"
-  echo
-  echo "One process, best of several runs of many operations, $(nproc) CPUs, $(date -u +%Y-%m-%d)."
-  echo "Ratio: the peer's time over procpool's (above 1: procpool is faster)."
-  echo
-  echo "| operation | peer | ns per operation | peer / procpool |"
-  echo "|---|---|---:|---:|"
-  awk -F, '
-    { t[$1 "," $2] = $3; if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 } peers[$1] = peers[$1] " " $2 }
-    END {
-      name["lock"] = "Lock acquire + release"
-      name["value_locked_add"] = "Value += 1 under its lock"
-      name["value_atomic_add"] = "Value += 1, atomic (lock-free)"
-      name["event_set_is_set"] = "Event set + is_set"
-      for (i = 1; i <= n; ++i) {
-        w = order[i]; base = t[w ",procpool"]; split(peers[w], ps, " ")
-        for (j in ps) { p = ps[j]
-          printf "| %s | %s | %.1f | %s |\n", name[w], p, t[w "," p], (p == "procpool" ? "1" : sprintf("%.1fx", t[w "," p] / base)) }
-      }
-    }' <<<"$csv"
-} > "$here/primitives.md"
+"$python" - "$here/primitives.md" <<PY
+import sys, datetime, os
+rows = {}
+for line in """$csv""".splitlines():
+    if not line or line.startswith("#"):
+        continue
+    w, peer, v, unit = line.split(",")
+    rows.setdefault(w, {})[peer] = float(v)
+names = {
+    "lock": "Lock acquire + release, ns",
+    "value_locked_add": "Value += 1 under its lock, ns",
+    "value_atomic_add": "Value += 1, atomic (lock-free), ns",
+    "event_set_is_set": "Event set + is_set, ns",
+    "queue_ints/cold": "Queue: 1,000,000 ints, one process to another, fresh queue, s",
+    "queue_ints/warm": "the same, best of 5, s",
+    "queue_1mib/cold": "Queue: 1,000 items of 1 MiB, fresh queue, s",
+    "queue_1mib/warm": "the same, best of 5, s",
+}
+peers = ["procpool", "std::mutex", "boost", "python"]
+out = ["# Shared primitives next to their peers", "",
+       f"One run, {os.cpu_count()} CPUs, {datetime.date.today()}: \`bash bench/primitives.sh\`. Lock, Value",
+       "and Event: one process, uncontended, best of several runs of many operations. Queue: a",
+       "forked producer, the parent consuming, from construction to join. Each ratio is the peer's",
+       "figure over procpool's (above 1: procpool is faster).", "",
+       "| workload | procpool | std::mutex | Boost.Interprocess | Python 3 multiprocessing | Python / procpool |",
+       "|---|---:|---:|---:|---:|---:|"]
+for w, name in names.items():
+    r = rows.get(w, {})
+    cells = [f"{r[p]:.3g}" if p in r else "" for p in peers]
+    ratio = f"{r['python'] / r['procpool']:.1f}x" if "python" in r and "procpool" in r else ""
+    out.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+q = rows.get("queue_1mib/warm", {})
+if "procpool" in q and "memcpy" in q:
+    mbps = 1000 * 1.048576 / q["procpool"]
+    out += ["", f"1 MiB items through a Queue, warm: {mbps:,.0f} MB/s, "
+            f"{100 * q['memcpy'] / q['procpool']:.0f}% of one memcpy of the same bytes in one process "
+            f"({1000 * 1.048576 / q['memcpy']:,.0f} MB/s)."]
+open(sys.argv[1], "w").write("\n".join(out) + "\n")
+PY
 cat "$here/primitives.md"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs the bundled examples, the seeds' demos (shared/seeds/README.md):
 # worker, four_processes, four_processes --pids and squares; then wordcount
-# over this repository's sources, and shared_counter (Value and its Lock, across processes).
+# over this repository's sources; shared_counter (Value and its Lock, across processes) and
+# queue_pipeline (four processes joined by Queues).
 #
 #   scripts/examples.sh
 #
@@ -29,7 +30,7 @@ targets=(worker four_processes)
 # The Pool demos, as examples/CMakeLists.txt defines them. (Capture first: with
 # pipefail, grep -q closing the pipe early would fail the whole pipeline.)
 all_targets=$(cmake --build "$build_dir" --target help)
-for t in squares wordcount shared_counter; do
+for t in squares wordcount shared_counter queue_pipeline; do
   if grep -qw "$t" <<<"$all_targets"; then
     targets+=("$t")
   fi
@@ -50,3 +51,4 @@ run four_processes --pids
 run squares
 run wordcount "$root/include" "$root/examples" "$root/README.md"
 run shared_counter
+run queue_pipeline

@@ -160,3 +160,11 @@ TEST_CASE("example shared_counter", "[examples]") {
   CHECK(run.lines[2] ==
         "after a holder was killed: the next holder was told, and the count is 400001");
 }
+
+TEST_CASE("example queue_pipeline", "[examples]") {
+  const Run run = run_to_pipe("queue_pipeline");
+  CHECK(exited_zero(run.status));
+  REQUIRE(run.lines.size() == 2);
+  CHECK(run.lines[0] == "sum of squares of 1..100000: 333338333350000 (expected 333338333350000)");
+  CHECK(run.lines[1].rfind("worker 1 squared ", 0) == 0);
+}
