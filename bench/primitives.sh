@@ -48,7 +48,7 @@ q = rows.get("queue_1mib/warm", {})
 if "procpool" in q and "memcpy" in q:
     mbps = 1000 * 1.048576 / q["procpool"]
     out += ["", f"1 MiB items through a Queue, warm: {mbps:,.0f} MB/s, "
-            f"{100 * q['memcpy'] / q['procpool']:.0f}% of one memcpy of the same bytes in one process "
+            f"{100 * q['memcpy'] / q['procpool']:.0f}% of memcpy's bandwidth in one process "
             f"({1000 * 1.048576 / q['memcpy']:,.0f} MB/s)."]
 open(sys.argv[1], "w").write("\n".join(out) + "\n")
 PY

@@ -14,14 +14,65 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string>
+#include <utility>
 
 #include "codec.hpp"
 #include "detail/buffer.hpp"
 #include "detail/posix.hpp"
+#include "detail/ring.hpp"
+#include "errors.hpp"
 #include "detail/queue_channel.hpp"
 #include "detail/tuning.hpp"
 
 namespace procpool {
+
+namespace detail {
+
+/// get()'s sink for a vector or string of trivially copyable elements: the
+/// elements go from the ring straight into the value, as decode() would
+/// leave them.
+template <class T>
+class contiguous_sink {
+  using E = typename T::value_type;
+
+ public:
+  void clear() noexcept {
+    v_.clear();
+    got_ = 0;
+  }
+  void take(const byte_ring::pieces& sp, std::size_t off, std::size_t n) {
+    if (got_ < sizeof count_) {  // the count first
+      const std::size_t k = n < sizeof count_ - got_ ? n : sizeof count_ - got_;
+      sp.copy(off, reinterpret_cast<char*>(&count_) + got_, k);
+      got_ += k;
+      off += k;
+      n -= k;
+      if (got_ < sizeof count_) return;
+      if (count_ > (std::uint64_t{1} << 44) / sizeof(E))
+        throw decode_error("procpool::Queue: an item claims " + std::to_string(count_) +
+                           " elements: its bytes are corrupted");
+      v_.resize(static_cast<std::size_t>(count_));
+    }
+    const std::size_t at = got_ - sizeof count_;
+    if (n > v_.size() * sizeof(E) - at)
+      throw decode_error("procpool::Queue: an item has more bytes than its count says");
+    sp.copy(off, reinterpret_cast<char*>(v_.data()) + at, n);
+    got_ += n;
+  }
+  T finish() {
+    if (got_ < sizeof count_ || got_ - sizeof count_ != v_.size() * sizeof(E))
+      throw decode_error("procpool::Queue: an item has fewer bytes than its count says");
+    return std::move(v_);
+  }
+
+ private:
+  T v_;
+  std::uint64_t count_ = 0;
+  std::size_t got_ = 0;  // bytes taken: the count's, then the elements'
+};
+
+}  // namespace detail
 
 /// Sizes of a Queue.
 struct queue_options {
@@ -78,22 +129,35 @@ class Queue {
   static constexpr std::int64_t forever = std::numeric_limits<std::int64_t>::max();
   bool put_until(const T& v, std::int64_t deadline) {
     if constexpr (detail::bitwise<T>) {
-      return ch_.put(reinterpret_cast<const char*>(&v), sizeof v, deadline);
+      return ch_.put({reinterpret_cast<const char*>(&v), sizeof v}, {}, deadline);
+    } else if constexpr (detail::is_contiguous_bitwise<T>::value) {
+      // As encode() writes it, without the copy: the count, then the elements.
+      const std::uint64_t count = v.size();
+      return ch_.put({reinterpret_cast<const char*>(&count), sizeof count},
+                     {reinterpret_cast<const char*>(v.data()), count * sizeof(typename T::value_type)},
+                     deadline);
     } else {
       alignas(16) char stack[detail::queue_stack_bytes];
       detail::byte_buffer b;
       b.borrow(stack, sizeof stack);  // grows onto the heap for a bigger item
       detail::encode(b, v);
-      return ch_.put(b.data(), b.size(), deadline);
+      return ch_.put({b.data(), b.size()}, {}, deadline);
     }
   }
   std::optional<T> get_until(std::int64_t deadline) {
-    alignas(16) char stack[detail::queue_stack_bytes];
-    detail::byte_buffer b;
-    b.borrow(stack, sizeof stack);
-    if (!ch_.get(b, deadline)) return std::nullopt;
-    detail::reader r(b.data(), b.size());
-    return detail::decode<T>(r);
+    if constexpr (detail::is_contiguous_bitwise<T>::value) {
+      detail::contiguous_sink<T> sink;
+      if (!ch_.get(sink, deadline)) return std::nullopt;
+      return sink.finish();
+    } else {
+      alignas(16) char stack[detail::queue_stack_bytes];
+      detail::byte_buffer b;
+      b.borrow(stack, sizeof stack);
+      detail::buffer_sink sink{b};
+      if (!ch_.get(sink, deadline)) return std::nullopt;
+      detail::reader r(b.data(), b.size());
+      return detail::decode<T>(r);
+    }
   }
 
   detail::queue_channel ch_;

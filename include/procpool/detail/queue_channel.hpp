@@ -72,6 +72,24 @@ struct queue_shared {
 static_assert(alignof(queue_shared) == 64 && sizeof(queue_shared) % 64 == 0,
               "the ring's bytes follow, aligned");
 
+/// Some bytes of an item to send.
+struct queue_piece {
+  const char* p = nullptr;
+  std::size_t n = 0;
+};
+
+/// Where get() puts an item's bytes: appended to a byte_buffer.
+struct buffer_sink {
+  byte_buffer& out;
+  void clear() noexcept { out.clear(); }
+  /// Bytes [off, off + n) of @p sp are the item's next bytes.
+  void take(const byte_ring::pieces& sp, std::size_t off, std::size_t n) {
+    const std::size_t at = out.size();
+    out.resize(at + n);
+    sp.copy(off, out.data() + at, n);
+  }
+};
+
 /// One queue: copies share it, forks inherit it.
 class queue_channel {
  public:
@@ -80,13 +98,15 @@ class queue_channel {
   /// @p who names the primitive in errors.
   queue_channel(std::size_t ring_bytes, std::size_t maxsize, const char* who);
 
-  /// Sends the @p n bytes at @p p as one message. False when @p deadline
-  /// (monotonic ns) came first: then no consumer gets any of it.
+  /// Sends the bytes of @p a then @p b as one message. False when @p
+  /// deadline (monotonic ns) came first: then no consumer gets any of it.
   /// @throws usage_error after close().
-  bool put(const char* p, std::size_t n, std::int64_t deadline);
-  /// Receives one message into @p out. False when @p deadline came before a
-  /// message began. @throws closed_error when closed and empty.
-  bool get(byte_buffer& out, std::int64_t deadline);
+  bool put(queue_piece a, queue_piece b, std::int64_t deadline);
+  /// Receives one message into @p sink (buffer_sink's members), straight
+  /// from the ring. False when @p deadline came before a message began.
+  /// @throws closed_error when closed and empty.
+  template <class Sink>
+  bool get(Sink& sink, std::int64_t deadline);
 
   std::size_t qsize() const noexcept {
     // Read in this order, taken does not pass written (but for a consumer
@@ -114,7 +134,7 @@ class queue_channel {
   /// Waits on @p e until @p ready() or @p until; true when ready.
   template <class Ready>
   static bool wait_on(event& e, std::int64_t until, Ready ready);
-  void write_chunk(std::uint32_t flags, std::uint64_t id, const char* p, std::size_t n);
+  void write_chunk(std::uint32_t flags, std::uint64_t id, queue_piece x = {}, queue_piece y = {});
   /// Under put_lock, after its holder died: ends the message it was writing.
   void abort_dead_put();
   /// Under get_lock: one more message read or skipped.
@@ -178,10 +198,10 @@ bool queue_channel::wait_on(event& e, std::int64_t until, Ready ready) {
   }
 }
 
-inline void queue_channel::write_chunk(std::uint32_t flags, std::uint64_t id, const char* p,
-                                       std::size_t n) {
-  const queue_chunk h{queue_chunk::magic_value, flags, id, n};
-  ring().write_whole(reinterpret_cast<const char*>(&h), sizeof h, p, n);
+inline void queue_channel::write_chunk(std::uint32_t flags, std::uint64_t id, queue_piece x,
+                                       queue_piece y) {
+  const queue_chunk h{queue_chunk::magic_value, flags, id, x.n + y.n};
+  ring().write_whole(reinterpret_cast<const char*>(&h), sizeof h, x.p, x.n, y.p, y.n);
   state_->data.notify();
 }
 
@@ -192,10 +212,11 @@ inline void queue_channel::abort_dead_put() {
   // Room for it is kept (put), unless the dead producer was writing its own
   // abort. Without one, a reader drops the message all the same: at the next
   // message's first chunk, or when it finds no producer (producer_gone).
-  if (ring().writable() >= sizeof(queue_chunk)) write_chunk(queue_chunk::abort, id, nullptr, 0);
+  if (ring().writable() >= sizeof(queue_chunk)) write_chunk(queue_chunk::abort, id);
 }
 
-inline bool queue_channel::put(const char* p, std::size_t n, std::int64_t deadline) {
+inline bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline) {
+  const std::size_t n = a.n + b.n;
   queue_shared& s = *state_;
   if (closed()) throw usage_error(std::string(who_) + "::put: the queue was closed (close()); no more items can be put");
   const lock_result got = s.put_lock.lock_until(deadline, who_);
@@ -223,7 +244,7 @@ inline bool queue_channel::put(const char* p, std::size_t n, std::int64_t deadli
     const std::size_t need = sizeof(queue_chunk) + k + reserve;
     if (!wait_on(s.space, deadline, [&] { return ring().writable() >= need; })) {
       s.put_id.store(0, std::memory_order_relaxed);
-      if (done > 0) write_chunk(queue_chunk::abort, id, nullptr, 0);  // the kept room
+      if (done > 0) write_chunk(queue_chunk::abort, id);  // the kept room
       return false;
     }
     std::uint32_t flags = 0;
@@ -231,7 +252,15 @@ inline bool queue_channel::put(const char* p, std::size_t n, std::int64_t deadli
     if (done + k == n) flags |= queue_chunk::last;
     // Counted before it is published, so taken never passes written.
     if (flags & queue_chunk::last) s.written.store(s.written.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-    write_chunk(flags, id, p + done, k);
+    // Bytes [done, done + k) of a then b.
+    queue_piece x, y;
+    if (done < a.n) {
+      x = {a.p + done, k < a.n - done ? k : a.n - done};
+      y = {b.p, k - x.n};
+    } else {
+      x = {b.p + (done - a.n), k};
+    }
+    write_chunk(flags, id, x, y);
     done += k;
   } while (done < n);
   if (n > most) s.put_id.store(0, std::memory_order_relaxed);
@@ -249,7 +278,8 @@ inline bool queue_channel::producer_gone(std::uint64_t id) {
   return true;
 }
 
-inline bool queue_channel::get(byte_buffer& out, std::int64_t deadline) {
+template <class Sink>
+bool queue_channel::get(Sink& out, std::int64_t deadline) {
   queue_shared& s = *state_;
   const lock_result got = s.get_lock.lock_until(deadline, who_);
   if (got == lock_result::timed_out) return false;
@@ -312,11 +342,7 @@ inline bool queue_channel::get(byte_buffer& out, std::int64_t deadline) {
       out.clear();
       if (!(h.flags & queue_chunk::last)) s.get_id.store(cur);
     }
-    if (cur != 0 && h.id == cur && !(h.flags & queue_chunk::abort)) {
-      const std::size_t at = out.size();
-      out.resize(at + h.len);
-      spans.copy(sizeof h, out.data() + at, h.len);
-    }
+    if (cur != 0 && h.id == cur && !(h.flags & queue_chunk::abort)) out.take(spans, sizeof h, h.len);
     r.consume(sizeof h + h.len);
     s.space.notify();
     if (cur != 0 && h.id == cur && (h.flags & queue_chunk::last)) {

@@ -140,15 +140,17 @@ class byte_ring {
     n = free < cap - at ? free : cap - at;
     return data_ + at;
   }
-  /// Writes @p na bytes at @p a then @p nb at @p b (na + nb <= writable())
+  /// Writes @p na bytes at @p a, @p nb at @p b, @p nc at @p c (in all at most writable())
   /// and publishes them with one store: a reader sees all of them or none,
   /// even if this process dies in the middle.
-  void write_whole(const char* a, std::size_t na, const char* b, std::size_t nb) noexcept {
+  void write_whole(const char* a, std::size_t na, const char* b, std::size_t nb,
+                   const char* c = nullptr, std::size_t nc = 0) noexcept {
     const std::size_t cap = capacity();
     const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
     copy_in(cap, static_cast<std::size_t>(head) & (cap - 1), a, na);
     if (nb) copy_in(cap, static_cast<std::size_t>(head + na) & (cap - 1), b, nb);
-    c_->head.store(head + na + nb, std::memory_order_release);
+    if (nc) copy_in(cap, static_cast<std::size_t>(head + na + nb) & (cap - 1), c, nc);
+    c_->head.store(head + na + nb + nc, std::memory_order_release);
   }
   /// Publishes @p n bytes written at write_space() (n <= what it said).
   void commit(std::size_t n) noexcept {
