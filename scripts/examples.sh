@@ -2,7 +2,7 @@
 # Builds and runs the bundled examples, the seeds' demos (shared/seeds/README.md):
 # worker, four_processes, four_processes --pids and squares; then wordcount
 # over this repository's sources; shared_counter (Value and its Lock, across processes) and
-# queue_pipeline (four processes joined by Queues).
+# queue_pipeline (four processes joined by Queues) and pipe_ping_pong (a Pipe to a child).
 #
 #   scripts/examples.sh
 #
@@ -30,7 +30,7 @@ targets=(worker four_processes)
 # The Pool demos, as examples/CMakeLists.txt defines them. (Capture first: with
 # pipefail, grep -q closing the pipe early would fail the whole pipeline.)
 all_targets=$(cmake --build "$build_dir" --target help)
-for t in squares wordcount shared_counter queue_pipeline; do
+for t in squares wordcount shared_counter queue_pipeline pipe_ping_pong; do
   if grep -qw "$t" <<<"$all_targets"; then
     targets+=("$t")
   fi
@@ -52,3 +52,4 @@ run squares
 run wordcount "$root/include" "$root/examples" "$root/README.md"
 run shared_counter
 run queue_pipeline
+run pipe_ping_pong

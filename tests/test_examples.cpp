@@ -168,3 +168,11 @@ TEST_CASE("example queue_pipeline", "[examples]") {
   CHECK(run.lines[0] == "sum of squares of 1..100000: 333338333350000 (expected 333338333350000)");
   CHECK(run.lines[1].rfind("worker 1 squared ", 0) == 0);
 }
+
+TEST_CASE("example pipe_ping_pong", "[examples]") {
+  const Run run = run_to_pipe("pipe_ping_pong");
+  CHECK(exited_zero(run.status));
+  const std::vector<std::string> expected{"10000 round trips, the last answer 10000",
+                                          "after the child was killed: recv threw eof_error"};
+  CHECK(run.lines == expected);
+}

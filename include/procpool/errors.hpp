@@ -104,6 +104,20 @@ class closed_error : public error {
   using error::error;
 };
 
+/// A Pipe's other end was closed, or its process ended, and nothing is left
+/// to receive (Python's EOFError).
+class eof_error : public error {
+ public:
+  using error::error;
+};
+
+/// A send to a Pipe whose other end was closed, or whose process ended
+/// (Python's BrokenPipeError).
+class broken_pipe_error : public error {
+ public:
+  using error::error;
+};
+
 /// pool_options::initializer threw or crashed in a worker; the pool cannot run tasks.
 class initializer_error : public error {
  public:

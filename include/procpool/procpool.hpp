@@ -21,3 +21,4 @@
 #include "shared_value.hpp"
 #include "shared_memory.hpp"
 #include "queue.hpp"
+#include "pipe.hpp"

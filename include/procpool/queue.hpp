@@ -72,6 +72,44 @@ class contiguous_sink {
   std::size_t got_ = 0;  // bytes taken: the count's, then the elements'
 };
 
+/// Sends @p v through @p ch as one item (see queue_channel::put).
+template <class T, class Alive = decltype(always)>
+bool put_item(queue_channel& ch, const T& v, std::int64_t deadline, Alive alive = always) {
+  if constexpr (detail::bitwise<T>) {
+    return ch.put({reinterpret_cast<const char*>(&v), sizeof v}, {}, deadline, alive);
+  } else if constexpr (detail::is_contiguous_bitwise<T>::value) {
+    // As encode() writes it, without the copy: the count, then the elements.
+    const std::uint64_t count = v.size();
+    return ch.put({reinterpret_cast<const char*>(&count), sizeof count},
+                  {reinterpret_cast<const char*>(v.data()), count * sizeof(typename T::value_type)},
+                  deadline, alive);
+  } else {
+    alignas(16) char stack[detail::queue_stack_bytes];
+    detail::byte_buffer b;
+    b.borrow(stack, sizeof stack);  // grows onto the heap for a bigger item
+    detail::encode(b, v);
+    return ch.put({b.data(), b.size()}, {}, deadline, alive);
+  }
+}
+
+/// Receives one item of type T from @p ch (see queue_channel::get).
+template <class T>
+std::optional<T> get_item(queue_channel& ch, std::int64_t deadline) {
+  if constexpr (detail::is_contiguous_bitwise<T>::value) {
+    detail::contiguous_sink<T> sink;
+    if (!ch.get(sink, deadline)) return std::nullopt;
+    return sink.finish();
+  } else {
+    alignas(16) char stack[detail::queue_stack_bytes];
+    detail::byte_buffer b;
+    b.borrow(stack, sizeof stack);
+    detail::buffer_sink sink{b};
+    if (!ch.get(sink, deadline)) return std::nullopt;
+    detail::reader r(b.data(), b.size());
+    return detail::decode<T>(r);
+  }
+}
+
 }  // namespace detail
 
 /// Sizes of a Queue.
@@ -127,38 +165,8 @@ class Queue {
 
  private:
   static constexpr std::int64_t forever = std::numeric_limits<std::int64_t>::max();
-  bool put_until(const T& v, std::int64_t deadline) {
-    if constexpr (detail::bitwise<T>) {
-      return ch_.put({reinterpret_cast<const char*>(&v), sizeof v}, {}, deadline);
-    } else if constexpr (detail::is_contiguous_bitwise<T>::value) {
-      // As encode() writes it, without the copy: the count, then the elements.
-      const std::uint64_t count = v.size();
-      return ch_.put({reinterpret_cast<const char*>(&count), sizeof count},
-                     {reinterpret_cast<const char*>(v.data()), count * sizeof(typename T::value_type)},
-                     deadline);
-    } else {
-      alignas(16) char stack[detail::queue_stack_bytes];
-      detail::byte_buffer b;
-      b.borrow(stack, sizeof stack);  // grows onto the heap for a bigger item
-      detail::encode(b, v);
-      return ch_.put({b.data(), b.size()}, {}, deadline);
-    }
-  }
-  std::optional<T> get_until(std::int64_t deadline) {
-    if constexpr (detail::is_contiguous_bitwise<T>::value) {
-      detail::contiguous_sink<T> sink;
-      if (!ch_.get(sink, deadline)) return std::nullopt;
-      return sink.finish();
-    } else {
-      alignas(16) char stack[detail::queue_stack_bytes];
-      detail::byte_buffer b;
-      b.borrow(stack, sizeof stack);
-      detail::buffer_sink sink{b};
-      if (!ch_.get(sink, deadline)) return std::nullopt;
-      detail::reader r(b.data(), b.size());
-      return detail::decode<T>(r);
-    }
-  }
+  bool put_until(const T& v, std::int64_t deadline) { return detail::put_item(ch_, v, deadline); }
+  std::optional<T> get_until(std::int64_t deadline) { return detail::get_item<T>(ch_, deadline); }
 
   detail::queue_channel ch_;
 };

@@ -241,6 +241,26 @@ inline pid_t current_tid() noexcept {
   return tid;
 }
 
+/// True when process @p pid has ended: reaped (no such process), or a zombie
+/// not yet reaped (its /proc state is Z or X). Not for pid 0 or this process.
+inline bool process_gone(pid_t pid) noexcept {
+  if (::kill(pid, 0) == -1 && errno == ESRCH) return true;
+  char path[32];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) return errno == ENOENT;
+  char buf[512];
+  ssize_t n;
+  do n = ::read(fd, buf, sizeof buf - 1);
+  while (n == -1 && errno == EINTR);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  // "pid (comm) S ...": the state follows the last ')' (comm may hold any byte).
+  const char* close_paren = std::strrchr(buf, ')');
+  return close_paren && close_paren[1] == ' ' && (close_paren[2] == 'Z' || close_paren[2] == 'X');
+}
+
 /// The number of CPUs online (Python's os.cpu_count()).
 inline std::size_t cpu_count() noexcept {
   long n = ::sysconf(_SC_NPROCESSORS_ONLN);

@@ -19,7 +19,11 @@
 // - The ring always keeps room for an abort chunk, so a producer can always
 //   abort (its put timed out), whatever the consumers do.
 // - A consumer that dies mid-message loses that message (it took part of
-//   it); the next consumer skips the rest of it (get_id).
+//   it); the next consumer drops the rest of it, as any chunk of an item
+//   whose first chunk it did not read.
+// - qsize is written - taken, each counted by its side after publishing and
+//   before consuming a last chunk: a death in between leaves it low by one,
+//   never high.
 // - A wait for a message to begin honours the caller's deadline; a message
 //   that has begun is read to its end or to its producer's death.
 
@@ -61,7 +65,6 @@ struct queue_shared {
   std::atomic<std::uint64_t> written;  // whole messages written (their last chunk)
   // Consumers' side.
   alignas(64) robust_mutex get_lock;
-  std::atomic<std::uint64_t> get_id;  // the message of several chunks being read; 0: none
   std::atomic<std::uint64_t> taken;   // whole messages read, or skipped (their last chunk)
   // Both.
   alignas(64) std::atomic<std::uint32_t> closed;
@@ -71,6 +74,9 @@ struct queue_shared {
 };
 static_assert(alignof(queue_shared) == 64 && sizeof(queue_shared) % 64 == 0,
               "the ring's bytes follow, aligned");
+
+/// For put(): there is always someone who may read.
+inline constexpr auto always = [] { return true; };
 
 /// Some bytes of an item to send.
 struct queue_piece {
@@ -101,7 +107,16 @@ class queue_channel {
   /// Sends the bytes of @p a then @p b as one message. False when @p
   /// deadline (monotonic ns) came first: then no consumer gets any of it.
   /// @throws usage_error after close().
-  bool put(queue_piece a, queue_piece b, std::int64_t deadline);
+  /// While it waits for room, it asks @p alive() every 10 ms whether anyone
+  /// may still read (a Pipe's peer): when not, it withdraws and returns false.
+  template <class Alive = decltype(always)>
+  bool put(queue_piece a, queue_piece b, std::int64_t deadline, Alive alive = always);
+  /// Waits until some of a message is there to read, the queue is closed, or
+  /// @p deadline; true in the first two cases.
+  bool wait_readable(std::int64_t deadline) {
+    return wait_on(state_->data, deadline,
+                   [&] { return ring().readable() >= sizeof(queue_chunk) || closed(); });
+  }
   /// Receives one message into @p sink (buffer_sink's members), straight
   /// from the ring. False when @p deadline came before a message began.
   /// @throws closed_error when closed and empty.
@@ -109,8 +124,8 @@ class queue_channel {
   bool get(Sink& sink, std::int64_t deadline);
 
   std::size_t qsize() const noexcept {
-    // Read in this order, taken does not pass written (but for a consumer
-    // that died in the instant between a read and its count).
+    // Taken may pass written for a moment (a consumer counts before the
+    // producer does), or for good by one after a death: clamped at 0.
     const std::uint64_t t = state_->taken.load(std::memory_order_acquire);
     const auto n = static_cast<std::int64_t>(state_->written.load(std::memory_order_acquire) - t);
     return n > 0 ? static_cast<std::size_t>(n) : 0;
@@ -215,7 +230,8 @@ inline void queue_channel::abort_dead_put() {
   if (ring().writable() >= sizeof(queue_chunk)) write_chunk(queue_chunk::abort, id);
 }
 
-inline bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline) {
+template <class Alive>
+bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline, Alive alive) {
   const std::size_t n = a.n + b.n;
   queue_shared& s = *state_;
   if (closed()) throw usage_error(std::string(who_) + "::put: the queue was closed (close()); no more items can be put");
@@ -242,7 +258,14 @@ inline bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadli
   do {
     const std::size_t k = n - done < most ? n - done : most;
     const std::size_t need = sizeof(queue_chunk) + k + reserve;
-    if (!wait_on(s.space, deadline, [&] { return ring().writable() >= need; })) {
+    const auto room = [&] { return ring().writable() >= need; };
+    bool ready = false;
+    for (;;) {
+      const std::int64_t now = monotonic_ns();
+      const std::int64_t until = deadline - now > probe_ns ? now + probe_ns : deadline;
+      if ((ready = wait_on(s.space, until, room)) || until == deadline || !alive()) break;
+    }
+    if (!ready) {
       s.put_id.store(0, std::memory_order_relaxed);
       if (done > 0) write_chunk(queue_chunk::abort, id);  // the kept room
       return false;
@@ -250,8 +273,6 @@ inline bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadli
     std::uint32_t flags = 0;
     if (done == 0) flags |= queue_chunk::first;
     if (done + k == n) flags |= queue_chunk::last;
-    // Counted before it is published, so taken never passes written.
-    if (flags & queue_chunk::last) s.written.store(s.written.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     // Bytes [done, done + k) of a then b.
     queue_piece x, y;
     if (done < a.n) {
@@ -261,6 +282,10 @@ inline bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadli
       x = {b.p + (done - a.n), k};
     }
     write_chunk(flags, id, x, y);
+    // Counted after it is published: a producer dying between the two leaves
+    // qsize low, never high (so a put below maxsize never waits for nothing).
+    if (flags & queue_chunk::last)
+      s.written.store(s.written.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     done += k;
   } while (done < n);
   if (n > most) s.put_id.store(0, std::memory_order_relaxed);
@@ -271,11 +296,12 @@ inline bool queue_channel::producer_gone(std::uint64_t id) {
   queue_shared& s = *state_;
   const lock_result got = s.put_lock.lock_until(-1, who_);
   if (got == lock_result::timed_out) return false;  // a producer holds it: it lives
-  // No live producer writes now, and the ring holds no chunk: nothing more
-  // of message id comes (a producer that had died would have left put_id).
   if (got == lock_result::acquired_holder_died && s.put_id.load() == id) s.put_id.store(0);
+  // Held, nothing can be published: a chunk there now came before the lock
+  // was free (a producer that finished), and is read first.
+  const bool more = ring().readable() > 0;
   s.put_lock.unlock(who_);
-  return true;
+  return !more;
 }
 
 template <class Sink>
@@ -288,9 +314,8 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
     const char* who;
     ~release() { m.unlock(who); }
   } unlock_at_end{s.get_lock, who_};
-  // The message a dead consumer was reading is lost: its rest is skipped.
-  std::uint64_t skip = got == lock_result::acquired_holder_died ? s.get_id.load() : 0;
-  if (skip) s.get_id.store(0);
+  // The rest of an item a dead consumer was reading, like any chunk of an
+  // item whose first chunk is not read here, is consumed and dropped.
   std::uint64_t cur = 0;  // the message being read here; 0: none begun
   out.clear();
   byte_ring r = ring();
@@ -313,7 +338,6 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
         // Mid-message: wait for its producer, as long as it lives.
         while (!wait_on(s.data, monotonic_ns() + probe_ns, whole_chunk)) {
           if (producer_gone(cur)) {
-            s.get_id.store(0);
             cur = 0;
             out.clear();
             break;
@@ -326,30 +350,25 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
       throw error(std::string(who_) + ": the queue's shared memory is corrupted (a process "
                   "wrote into it out of bounds?); create a new one");
     const auto spans = r.spans(sizeof h + h.len);
-    const bool ends = (h.flags & (queue_chunk::last | queue_chunk::abort)) != 0;
-    if (h.id == skip) {
-      if (h.flags & queue_chunk::last) count_taken();
-      if (ends) skip = 0;
-    } else if (h.flags & queue_chunk::abort) {
+    if (h.flags & queue_chunk::abort) {
       if (h.id == cur) {
         cur = 0;
         out.clear();
-        s.get_id.store(0);
       }
     } else if (h.flags & queue_chunk::first) {
       // A new message: one begun before it (cur) can never end, its producer is gone.
       cur = h.id;
       out.clear();
-      if (!(h.flags & queue_chunk::last)) s.get_id.store(cur);
     }
-    if (cur != 0 && h.id == cur && !(h.flags & queue_chunk::abort)) out.take(spans, sizeof h, h.len);
+    const bool mine = cur != 0 && h.id == cur && !(h.flags & queue_chunk::abort);
+    if (mine) out.take(spans, sizeof h, h.len);
+    // Every last chunk consumed is counted, read or dropped, as written counted
+    // it; before the consume, so that a consumer dying between the two leaves
+    // qsize low (the next one reads the chunk again), never high.
+    if (h.flags & queue_chunk::last) count_taken();
     r.consume(sizeof h + h.len);
-    s.space.notify();
-    if (cur != 0 && h.id == cur && (h.flags & queue_chunk::last)) {
-      count_taken();
-      if (s.get_id.load(std::memory_order_relaxed)) s.get_id.store(0);
-      return true;
-    }
+    s.space.notify();  // after the count: a put waiting below maxsize sees it
+    if (mine && (h.flags & queue_chunk::last)) return true;
   }
 }
 

@@ -25,6 +25,17 @@
 #include "../errors.hpp"
 #include "posix.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#define PROCPOOL_TSAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PROCPOOL_TSAN_BUILD 1
+#endif
+#endif
+#ifndef PROCPOOL_TSAN_BUILD
+#define PROCPOOL_TSAN_BUILD 0
+#endif
+
 namespace procpool::detail {
 
 /// What lock_until got.
@@ -68,9 +79,18 @@ inline lock_result robust_mutex::lock_until(std::int64_t deadline, const char* w
     rc = pthread_mutex_trylock(&m);
     if (rc == EBUSY) return lock_result::timed_out;
   } else {
+#if PROCPOOL_TSAN_BUILD
+    // TSan does not intercept pthread_mutex_clocklock, and would take the
+    // lock for free: polled with trylock, which it models (EOWNERDEAD too).
+    while ((rc = pthread_mutex_trylock(&m)) == EBUSY) {
+      if (monotonic_ns() >= deadline) return lock_result::timed_out;
+      sleep_ns(100'000);
+    }
+#else
     const timespec ts{static_cast<time_t>(deadline / 1'000'000'000),
                       static_cast<long>(deadline % 1'000'000'000)};
     rc = pthread_mutex_clocklock(&m, CLOCK_MONOTONIC, &ts);
+#endif
   }
   switch (rc) {
     case 0:
