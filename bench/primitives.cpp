@@ -116,6 +116,28 @@ int main() {
          }));
     emit("value_atomic_add", "procpool", best_ns_per_op([&] { v.atomic().fetch_add(1); }));
   }
+  {  // Pipe round trip of one int, with a forked echo: median of 20,000
+    auto [mine, theirs] = procpool::Pipe<int>();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      for (;;) {
+        const int x = theirs.recv();
+        if (x < 0) ::_exit(0);
+        theirs.send(x + 1);
+      }
+    }
+    std::vector<double> t;
+    for (int i = 0; i < 20000; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      mine.send(i);
+      if (mine.recv() != i + 1) std::printf("#wrong answer\n");
+      t.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count());
+    }
+    mine.send(-1);
+    ::waitpid(pid, nullptr, 0);
+    std::sort(t.begin(), t.end());
+    emit("pipe_rtt", "procpool", t[t.size() / 2]);
+  }
   queue_figures<int>("queue_ints", 1'000'000, [](int i) { return i; });
   const std::vector<char> mib(std::size_t{1} << 20, 'm');
   queue_figures<std::vector<char>>("queue_1mib", 1000, [&](int) -> const std::vector<char>& { return mib; });

@@ -37,6 +37,30 @@ def queue_figures(workload, n, item, reps):
     print(f"{workload}/warm,python,{warm:.6g},s")
 
 
+def echo(conn):
+    while True:
+        x = conn.recv()
+        if x < 0:
+            return
+        conn.send(x + 1)
+
+
+def pipe_rtt():
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo, args=(b,))
+    p.start()
+    t = []
+    for i in range(20000):
+        t0 = time.perf_counter_ns()
+        a.send(i)
+        a.recv()
+        t.append(time.perf_counter_ns() - t0)
+    a.send(-1)
+    p.join()
+    t.sort()
+    return t[len(t) // 2]
+
+
 def main():
     lock = mp.Lock()
 
@@ -62,6 +86,7 @@ def main():
             e.is_set()
 
     print(f"event_set_is_set,python,{best_ns_per_op(event_loop):.2f},ns")
+    print(f"pipe_rtt,python,{pipe_rtt():.2f},ns")
     queue_figures("queue_ints", 1_000_000, None, 2)
     queue_figures("queue_1mib", 1000, bytes(1 << 20), 2)
 

@@ -26,6 +26,7 @@ names = {
     "value_locked_add": "Value += 1 under its lock, ns",
     "value_atomic_add": "Value += 1, atomic (lock-free), ns",
     "event_set_is_set": "Event set + is_set, ns",
+    "pipe_rtt": "Pipe: round trip of an int to a forked echo, median, ns",
     "queue_ints/cold": "Queue: 1,000,000 ints, one process to another, fresh queue, s",
     "queue_ints/warm": "the same, best of 5, s",
     "queue_1mib/cold": "Queue: 1,000 items of 1 MiB, fresh queue, s",
