@@ -180,8 +180,8 @@ TEST_CASE("Queue: a reader mid-item whose producer is killed gives up on it and 
 TEST_CASE("Queue: a consumer killed mid-get loses at most that item, and nobody is stuck") {
   watchdog wd(90s);
   // A 4 KiB ring carries about 1 KiB a chunk: 256 MiB takes ~2.6 * 10^5
-  // chunks, over a second here, so the consumer is killed in the middle of it
-  // (it streams from the string, built before "first" is sent).
+  // chunks, so the consumer is killed in the middle of it (it streams from
+  // the string, built before "first" is sent).
   procpool::Queue<std::string> q(procpool::queue_options{.ring_bytes = 4096});
   procpool::Event reading;
   const pid_t consumer = fork_child([&] {

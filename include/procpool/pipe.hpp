@@ -23,6 +23,7 @@
 #include "detail/posix.hpp"
 #include "detail/queue_channel.hpp"
 #include "detail/shared_block.hpp"
+#include "detail/tuning.hpp"
 #include "errors.hpp"
 #include "queue.hpp"
 
@@ -147,10 +148,10 @@ void Connection<S, R>::send(const S& v) {
     return broken_pipe_error("procpool::Pipe::send: the other end was closed, or its process "
                              "ended; nobody will receive this");
   };
-  // The peer's process is looked at once per 10 ms at most: a look is system calls.
+  // The peer's process is looked at once per peer_probe_ns at most: a look is system calls.
   const std::int64_t now = detail::monotonic_ns();
   if (state_->ends->closed[1 - me_].load() ||
-      (now - last_look_.load(std::memory_order_relaxed) > 10'000'000 &&
+      (now - last_look_.load(std::memory_order_relaxed) > detail::peer_probe_ns &&
        (last_look_.store(now, std::memory_order_relaxed), peer_gone())))
     throw broken();
   if (!detail::put_item(state_->dir[me_], v, std::numeric_limits<std::int64_t>::max(),
@@ -167,7 +168,7 @@ template <class S, class R>
 std::optional<R> Connection<S, R>::recv_until(std::int64_t deadline) {
   use(false);
   detail::queue_channel& in = state_->dir[1 - me_];
-  constexpr std::int64_t probe_ns = 10'000'000;
+  constexpr std::int64_t probe_ns = detail::peer_probe_ns;
   for (;;) {
     const std::int64_t now = detail::monotonic_ns();
     const std::int64_t until = deadline - now > probe_ns ? now + probe_ns : deadline;
@@ -193,7 +194,7 @@ bool Connection<S, R>::poll(std::chrono::duration<Rep, Period> timeout) {
   use(false);
   const std::int64_t deadline = detail::deadline_after(timeout);
   detail::queue_channel& in = state_->dir[1 - me_];
-  constexpr std::int64_t probe_ns = 10'000'000;
+  constexpr std::int64_t probe_ns = detail::peer_probe_ns;
   for (;;) {
     const std::int64_t now = detail::monotonic_ns();
     const std::int64_t until = deadline - now > probe_ns ? now + probe_ns : deadline;

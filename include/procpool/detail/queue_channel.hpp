@@ -141,7 +141,7 @@ class queue_channel {
 
  private:
   static constexpr std::int64_t forever = std::numeric_limits<std::int64_t>::max();
-  static constexpr std::int64_t probe_ns = 10'000'000;  // how often a reader looks at its producer
+  static constexpr std::int64_t probe_ns = peer_probe_ns;
 
   byte_ring ring() const noexcept {
     return byte_ring(&state_->ring, static_cast<char*>(state_.extra()), ring_bytes_);

@@ -50,8 +50,12 @@ inline constexpr std::size_t imap_min_window = 64;
 inline constexpr std::int64_t spin_ns = 50'000;
 /// A Queue's put or get spins this long for room or a chunk before it sleeps
 /// on a futex: a stream of small items between two busy processes then costs
-/// no system call per item (a wake is ~2-5 µs, an item ~0.1 µs).
+/// no system call per item (a futex wake costs many items' worth of time).
 inline constexpr std::int64_t queue_spin_ns = 20'000;
+/// How often a Queue reader waiting mid-item looks whether its producer
+/// lives, and a Pipe end whether its peer's process does: a look is a lock
+/// try, or system calls.
+inline constexpr std::int64_t peer_probe_ns = 10'000'000;
 /// How many bytes of an item a Queue encodes and decodes on the stack.
 inline constexpr std::size_t queue_stack_bytes = 256;
 /// A sleeping worker wakes this often to see whether its parent is gone (the
