@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds and runs the bundled examples, the seeds' demos (shared/seeds/README.md):
 # worker, four_processes, four_processes --pids and squares; then wordcount
-# over this repository's sources; shared_counter (Value and its Lock, across processes) and
-# queue_pipeline (four processes joined by Queues) and pipe_ping_pong (a Pipe to a child).
+# over this repository's sources; then what processes share: shared_counter (a Value and
+# its Lock), queue_pipeline (four processes joined by Queues), pipe_ping_pong (a Pipe to a
+# child) and barrier_stages (a Barrier between two stages).
 #
 #   scripts/examples.sh
 #
@@ -30,7 +31,7 @@ targets=(worker four_processes)
 # The Pool demos, as examples/CMakeLists.txt defines them. (Capture first: with
 # pipefail, grep -q closing the pipe early would fail the whole pipeline.)
 all_targets=$(cmake --build "$build_dir" --target help)
-for t in squares wordcount shared_counter queue_pipeline pipe_ping_pong; do
+for t in squares wordcount shared_counter queue_pipeline pipe_ping_pong barrier_stages; do
   if grep -qw "$t" <<<"$all_targets"; then
     targets+=("$t")
   fi
@@ -53,3 +54,4 @@ run wordcount "$root/include" "$root/examples" "$root/README.md"
 run shared_counter
 run queue_pipeline
 run pipe_ping_pong
+run barrier_stages

@@ -176,3 +176,11 @@ TEST_CASE("example pipe_ping_pong", "[examples]") {
                                           "after the child was killed: recv threw eof_error"};
   CHECK(run.lines == expected);
 }
+
+TEST_CASE("example barrier_stages", "[examples]") {
+  const Run run = run_to_pipe("barrier_stages");
+  CHECK(exited_zero(run.status));
+  REQUIRE(run.lines.size() == 6);
+  for (std::size_t i = 0; i < 6; ++i)
+    CHECK(run.lines[i].find(i < 3 ? "stage 1 done" : "stage 2 done") != std::string::npos);
+}

@@ -118,6 +118,13 @@ class broken_pipe_error : public error {
   using error::error;
 };
 
+/// A Barrier is broken: a party died waiting at it, a wait timed out, or
+/// abort() or reset() was called (Python's BrokenBarrierError).
+class broken_barrier_error : public error {
+ public:
+  using error::error;
+};
+
 /// pool_options::initializer threw or crashed in a worker; the pool cannot run tasks.
 class initializer_error : public error {
  public:

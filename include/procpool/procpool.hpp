@@ -22,3 +22,4 @@
 #include "shared_memory.hpp"
 #include "queue.hpp"
 #include "pipe.hpp"
+#include "barrier.hpp"
