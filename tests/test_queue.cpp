@@ -8,6 +8,7 @@
 
 #include "support/child.hpp"
 #include "support/common.hpp"
+#include "support/sanitizers.hpp"
 #include "support/watchdog.hpp"
 
 #include <atomic>
@@ -18,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -248,3 +250,26 @@ TEST_CASE("Queue: Pool workers put into a queue their function captured") {
   CHECK(sum == 328350);
   CHECK(q.empty());
 }
+
+// RLIMIT_AS, which the sanitizers' shadow memory would exceed at once.
+#if !defined(PROCPOOL_TEST_ASAN) && !defined(PROCPOOL_TEST_TSAN)
+TEST_CASE("Queue: an item its consumer has no memory for is dropped, and the queue goes on") {
+  watchdog wd(60s);
+  procpool::Queue<std::vector<char>> q(procpool::queue_options{.ring_bytes = 64 << 10});
+  const pid_t consumer = fork_child([&] {
+    const rlimit lim{std::size_t{64} << 20, std::size_t{64} << 20};
+    if (::setrlimit(RLIMIT_AS, &lim) != 0) return 3;
+    try {
+      static_cast<void>(q.get());  // 256 MiB: cannot be allocated here
+      return 1;
+    } catch (const std::bad_alloc&) {
+    }
+    const auto next = q.get(10s);
+    return next && *next == std::vector<char>{'o', 'k'} ? 0 : 2;
+  });
+  q.put(std::vector<char>(std::size_t{256} << 20, 'h'));
+  q.put(std::vector<char>{'o', 'k'});
+  CHECK(exit_status(consumer) == 0);
+  CHECK(q.empty());
+}
+#endif

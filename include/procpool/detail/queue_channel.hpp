@@ -361,7 +361,18 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
       out.clear();
     }
     const bool mine = cur != 0 && h.id == cur && !(h.flags & queue_chunk::abort);
-    if (mine) out.take(spans, sizeof h, h.len);
+    if (mine) {
+      try {
+        out.take(spans, sizeof h, h.len);
+      } catch (...) {
+        // This consumer cannot take the item (no memory for it, or its bytes
+        // do not decode): it is dropped, so that it stops nobody else.
+        if (h.flags & queue_chunk::last) count_taken();
+        r.consume(sizeof h + h.len);
+        s.space.notify();
+        throw;
+      }
+    }
     // Every last chunk consumed is counted, read or dropped, as written counted
     // it; before the consume, so that a consumer dying between the two leaves
     // qsize low (the next one reads the chunk again), never high.
