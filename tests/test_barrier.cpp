@@ -22,15 +22,6 @@ namespace {
 using namespace procpool_test;
 using namespace std::chrono_literals;
 
-int exit_status(pid_t pid) {
-  const auto st = wait_child(pid, std::chrono::milliseconds(30000));
-  if (!st) {
-    kill_and_reap(pid);
-    return -1;
-  }
-  return WIFEXITED(*st) ? WEXITSTATUS(*st) : 128 + WTERMSIG(*st);
-}
-
 }  // namespace
 
 TEST_CASE("Barrier: three processes meet 100 times, with distinct indices each time") {

@@ -28,15 +28,6 @@ namespace {
 using namespace procpool_test;
 using namespace std::chrono_literals;
 
-int exit_status(pid_t pid) {
-  const auto st = wait_child(pid, std::chrono::milliseconds(30000));
-  if (!st) {
-    kill_and_reap(pid);
-    return -1;
-  }
-  return WIFEXITED(*st) ? WEXITSTATUS(*st) : 128 + WTERMSIG(*st);
-}
-
 struct record {
   std::string name;
   std::vector<double> xs;

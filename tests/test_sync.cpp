@@ -26,16 +26,6 @@ namespace {
 using namespace procpool_test;
 using namespace std::chrono_literals;
 
-/// The exit status of child @p pid, waited for at most 20 s (-1: it did not end).
-int exit_status(pid_t pid) {
-  const auto st = wait_child(pid, std::chrono::milliseconds(20000));
-  if (!st) {
-    kill_and_reap(pid);
-    return -1;
-  }
-  return WIFEXITED(*st) ? WEXITSTATUS(*st) : 128 + WTERMSIG(*st);
-}
-
 /// A child that takes @p lock (@p times times), says so on @p held, and waits to be killed.
 template <class L>
 pid_t holder(L& lock, procpool::Event& held, int times = 1) {

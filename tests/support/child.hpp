@@ -91,6 +91,17 @@ inline void kill_and_reap(pid_t pid) {
   ::waitpid(pid, nullptr, 0);
 }
 
+/// How child @p pid ended, waited for at most 30 s: its exit code, or 128 + the
+/// signal that killed it; -1 when it did not end in time (then it is killed).
+inline int exit_status(pid_t pid) {
+  const auto st = wait_child(pid, std::chrono::milliseconds(30000));
+  if (!st) {
+    kill_and_reap(pid);
+    return -1;
+  }
+  return WIFEXITED(*st) ? WEXITSTATUS(*st) : 128 + WTERMSIG(*st);
+}
+
 /// Makes this process the reaper of orphaned descendants for the scope: the
 /// workers of a child that dies are reparented here, where the test can
 /// waitpid() them and so prove they are gone, not zombies. (PID 1 in a
