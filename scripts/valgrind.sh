@@ -4,7 +4,8 @@
 #
 #   BUILD_DIR=build scripts/valgrind.sh
 #
-# The subset: all of test_process and test_codec, and the pool tests that cover
+# The subset: the cases of tests/test_process.cpp (selected by file name:
+# Catch2's -#) and of test_codec, and the pool tests that cover
 # each path (memcpy and cereal values, errors, imap, small queues, worker
 # replacement) without heavy loads. The failure tests (test_worker_death,
 # test_timeouts, ...) kill workers at will and time them; ASan and TSan cover
@@ -21,8 +22,8 @@ build_dir=${BUILD_DIR:-build}
 # lost; LeakSanitizer (the ASan run) checks leaks in the parent.
 vg=(valgrind -q --error-exitcode=99 --leak-check=no)
 
-echo "== valgrind: test_process"
-"${vg[@]}" "$build_dir/tests/test_process"
+echo "== valgrind: test_process (tests/test_process.cpp)"
+"${vg[@]}" "$build_dir/tests/test_process" -# "[#test_process]"
 
 echo "== valgrind: test_codec"
 "${vg[@]}" "$build_dir/tests/test_codec"

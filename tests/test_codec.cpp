@@ -31,12 +31,7 @@
 #include <variant>
 #include <vector>
 
-#include "support/alloc_cap.hpp"
 #include "support/common.hpp"
-
-// A single allocation above 256 MiB throws std::bad_alloc (support/alloc_cap.hpp):
-// a decoder that believed a corrupted size fails at once.
-PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
 
 namespace codec_test {
 

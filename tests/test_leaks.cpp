@@ -25,9 +25,6 @@
 #include "support/sanitizers.hpp"
 #include "support/watchdog.hpp"
 
-// A single allocation above 256 MiB throws std::bad_alloc (support/alloc_cap.hpp).
-PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
-
 using namespace procpool_test;
 
 namespace {

@@ -23,16 +23,12 @@
 
 #include <catch2/catch.hpp>
 
-#include "support/alloc_cap.hpp"
 #include "support/child.hpp"
 #include "support/common.hpp"
 #include "support/pipe.hpp"
 #include "support/proc.hpp"
 #include "support/shared.hpp"
 #include "support/watchdog.hpp"
-
-// A single allocation above 256 MiB throws std::bad_alloc (support/alloc_cap.hpp).
-PROCPOOL_TEST_CAP_ALLOCATIONS(std::size_t{256} << 20)
 
 using namespace procpool_test;
 

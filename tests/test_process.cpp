@@ -63,15 +63,6 @@ bool wait_ready(int fd) {
   for (;;) ::pause();
 }
 
-/// In a child: close its copy of the write end, then block until the parent
-/// closes its own (end of file on r).
-void wait_for_gate(int r, int w) noexcept {
-  ::close(w);
-  char c = 0;
-  while (::read(r, &c, 1) == -1 && errno == EINTR) {
-  }
-}
-
 /// Points fd (1 or 2) at an unlinked temporary file until restore().
 class Redirect {
  public:

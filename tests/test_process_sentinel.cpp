@@ -15,6 +15,7 @@
 #include "support/common.hpp"
 #include "support/pipe.hpp"
 #include "support/proc.hpp"
+#include "support/syscall_override.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -36,15 +37,6 @@ namespace {
 
 using namespace procpool_test;
 using Task = procpool::Process<std::function<void()>>;
-
-/// In a child: close its copy of the write end, then block until the parent
-/// closes its own (end of file on r).
-void wait_for_gate(int r, int w) noexcept {
-  ::close(w);
-  char c = 0;
-  while (::read(r, &c, 1) == -1 && errno == EINTR) {
-  }
-}
 
 /// poll() on one fd: its revents, 0 on timeout.
 short poll_one(int fd, int timeout_ms) {
@@ -85,20 +77,6 @@ std::string usage_message(Fn fn) {
   }
   return "<no usage_error>";
 }
-
-/// Installs @p table as the system calls procpool makes, for the scope.
-class syscall_override {
- public:
-  explicit syscall_override(const procpool::detail::syscall_table& table)
-      : table_(table), prev_(procpool::detail::syscall_hooks.exchange(&table_)) {}
-  ~syscall_override() { procpool::detail::syscall_hooks.store(prev_); }
-  syscall_override(const syscall_override&) = delete;
-  syscall_override& operator=(const syscall_override&) = delete;
-
- private:
-  procpool::detail::syscall_table table_;
-  const procpool::detail::syscall_table* prev_;
-};
 
 }  // namespace
 

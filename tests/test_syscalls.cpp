@@ -18,6 +18,7 @@
 #include "support/common.hpp"
 #include "support/proc.hpp"
 #include "support/shared.hpp"
+#include "support/syscall_override.hpp"
 
 #include <atomic>
 #include <cerrno>
@@ -46,20 +47,6 @@ namespace {
 using namespace std::chrono_literals;
 namespace detail = procpool::detail;
 using namespace procpool_test;
-
-/// Installs @p table as the system calls procpool makes, for the scope.
-class syscall_override {
- public:
-  explicit syscall_override(const detail::syscall_table& table)
-      : table_(table), prev_(detail::syscall_hooks.exchange(&table_)) {}
-  ~syscall_override() { detail::syscall_hooks.store(prev_); }
-  syscall_override(const syscall_override&) = delete;
-  syscall_override& operator=(const syscall_override&) = delete;
-
- private:
-  detail::syscall_table table_;
-  const detail::syscall_table* prev_;
-};
 
 // fork: the first forks_allowed calls fork; the rest fail with EAGAIN, as
 // fork does at RLIMIT_NPROC.

@@ -48,6 +48,15 @@ inline void default_signals() noexcept {
   for (int sig : {SIGINT, SIGTERM, SIGSEGV, SIGABRT, SIGILL, SIGFPE, SIGBUS}) std::signal(sig, SIG_DFL);
 }
 
+/// In a child: close its copy of the write end, then block until the parent
+/// closes its own (end of file on r).
+inline void wait_for_gate(int r, int w) noexcept {
+  ::close(w);
+  char c = 0;
+  while (::read(r, &c, 1) == -1 && errno == EINTR) {
+  }
+}
+
 /// Forks a child that runs @p body (returning its exit code) and always ends
 /// with _exit: 98 if body threw. It dies with the test process, and after
 /// 60 s at most.
