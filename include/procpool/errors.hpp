@@ -104,6 +104,13 @@ class closed_error : public error {
   using error::error;
 };
 
+/// JoinableQueue::join: items were taken by a consumer process that died
+/// before task_done() for them, or could not be decoded; they will never be done.
+class items_lost_error : public error {
+ public:
+  using error::error;
+};
+
 /// A Pipe's other end was closed, or its process ended, and nothing is left
 /// to receive (Python's EOFError).
 class eof_error : public error {

@@ -21,5 +21,6 @@
 #include "shared_value.hpp"
 #include "shared_memory.hpp"
 #include "queue.hpp"
+#include "joinable_queue.hpp"
 #include "pipe.hpp"
 #include "barrier.hpp"

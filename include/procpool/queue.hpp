@@ -93,18 +93,18 @@ bool put_item(queue_channel& ch, const T& v, std::int64_t deadline, Alive alive 
 }
 
 /// Receives one item of type T from @p ch (see queue_channel::get).
-template <class T>
-std::optional<T> get_item(queue_channel& ch, std::int64_t deadline) {
+template <class T, class Hooks = no_get_hooks>
+std::optional<T> get_item(queue_channel& ch, std::int64_t deadline, Hooks hooks = {}) {
   if constexpr (detail::is_contiguous_bitwise<T>::value) {
     detail::contiguous_sink<T> sink;
-    if (!ch.get(sink, deadline)) return std::nullopt;
+    if (!ch.get(sink, deadline, hooks)) return std::nullopt;
     return sink.finish();
   } else {
     alignas(16) char stack[detail::queue_stack_bytes];
     detail::byte_buffer b;
     b.borrow(stack, sizeof stack);
     detail::buffer_sink sink{b};
-    if (!ch.get(sink, deadline)) return std::nullopt;
+    if (!ch.get(sink, deadline, hooks)) return std::nullopt;
     detail::reader r(b.data(), b.size());
     return detail::decode<T>(r);
   }
@@ -163,7 +163,8 @@ class Queue {
   /// No more puts, in any process; gets take what is left, then throw closed_error.
   void close() noexcept { ch_.close(); }
 
- private:
+ protected:
+  Queue(queue_options o, const char* who) : ch_(o.ring_bytes, o.maxsize, who) {}
   static constexpr std::int64_t forever = std::numeric_limits<std::int64_t>::max();
   bool put_until(const T& v, std::int64_t deadline) { return detail::put_item(ch_, v, deadline); }
   std::optional<T> get_until(std::int64_t deadline) { return detail::get_item<T>(ch_, deadline); }

@@ -96,6 +96,23 @@ struct buffer_sink {
   }
 };
 
+/// What get() tells whoever counts the messages it hands out (JoinableQueue),
+/// each under get_lock: a consumer that dies between two of them leaves its
+/// successor (the next to hold get_lock) to call reader_died().
+struct no_get_hooks {
+  /// The first chunk of message @p id is read here (not consumed yet).
+  void begin(std::uint64_t) noexcept {}
+  /// That message can never end (its producer died): nothing was taken.
+  void cancel() noexcept {}
+  /// Its last chunk is consumed: the caller has it.
+  void taken() noexcept {}
+  /// It was consumed but could not be taken (the sink threw): dropped.
+  void dropped() noexcept {}
+  /// get_lock's last holder died holding it, perhaps mid-message; the next
+  /// chunk is the unread first chunk of message @p unread (0: it is not).
+  void reader_died(std::uint64_t) noexcept {}
+};
+
 /// One queue: copies share it, forks inherit it.
 class queue_channel {
  public:
@@ -120,8 +137,13 @@ class queue_channel {
   /// Receives one message into @p sink (buffer_sink's members), straight
   /// from the ring. False when @p deadline came before a message began.
   /// @throws closed_error when closed and empty.
-  template <class Sink>
-  bool get(Sink& sink, std::int64_t deadline);
+  template <class Sink, class Hooks = no_get_hooks>
+  bool get(Sink& sink, std::int64_t deadline, Hooks hooks = {});
+  /// Takes get_lock if no one holds it, so that a consumer that died holding
+  /// it is seen (@p hooks.reader_died()) though no other consumer comes. True
+  /// when it had the lock: then whatever a dead consumer left is settled.
+  template <class Hooks>
+  bool settle_dead_reader(Hooks hooks);
 
   std::size_t qsize() const noexcept {
     // Taken may pass written for a moment (a consumer counts before the
@@ -131,6 +153,9 @@ class queue_channel {
     return n > 0 ? static_cast<std::size_t>(n) : 0;
   }
   std::size_t maxsize() const noexcept { return maxsize_; }
+  /// Whole messages put so far (a producer that died just after publishing
+  /// its last one may have left it uncounted).
+  std::uint64_t written() const noexcept { return state_->written.load(std::memory_order_acquire); }
   /// No more puts, anywhere; gets drain what is there, then throw closed_error.
   void close() noexcept {
     state_->closed.store(1, std::memory_order_release);
@@ -159,6 +184,14 @@ class queue_channel {
   /// Under get_lock, mid-message @p id with no chunk to read: true when the
   /// message can never end (its producer died), and then it was dropped.
   bool producer_gone(std::uint64_t id);
+  /// Under get_lock: the id of the message whose first chunk is next to read, or 0.
+  std::uint64_t unread_first() const noexcept {
+    queue_chunk h{};
+    const byte_ring r = ring();
+    if (r.readable() < sizeof h) return 0;
+    r.spans(sizeof h).copy(0, &h, sizeof h);
+    return (h.flags & queue_chunk::first) && !(h.flags & queue_chunk::abort) ? h.id : 0;
+  }
 
   std::size_t ring_bytes_;
   std::size_t maxsize_;
@@ -304,8 +337,17 @@ inline bool queue_channel::producer_gone(std::uint64_t id) {
   return !more;
 }
 
-template <class Sink>
-bool queue_channel::get(Sink& out, std::int64_t deadline) {
+template <class Hooks>
+bool queue_channel::settle_dead_reader(Hooks hooks) {
+  const lock_result got = state_->get_lock.lock_until(-1, who_);
+  if (got == lock_result::timed_out) return false;
+  if (got == lock_result::acquired_holder_died) hooks.reader_died(unread_first());
+  state_->get_lock.unlock(who_);
+  return true;
+}
+
+template <class Sink, class Hooks>
+bool queue_channel::get(Sink& out, std::int64_t deadline, Hooks hooks) {
   queue_shared& s = *state_;
   const lock_result got = s.get_lock.lock_until(deadline, who_);
   if (got == lock_result::timed_out) return false;
@@ -314,6 +356,7 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
     const char* who;
     ~release() { m.unlock(who); }
   } unlock_at_end{s.get_lock, who_};
+  if (got == lock_result::acquired_holder_died) hooks.reader_died(unread_first());
   // The rest of an item a dead consumer was reading, like any chunk of an
   // item whose first chunk is not read here, is consumed and dropped.
   std::uint64_t cur = 0;  // the message being read here; 0: none begun
@@ -340,6 +383,7 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
           if (producer_gone(cur)) {
             cur = 0;
             out.clear();
+            hooks.cancel();
             break;
           }
         }
@@ -354,11 +398,13 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
       if (h.id == cur) {
         cur = 0;
         out.clear();
+        hooks.cancel();
       }
     } else if (h.flags & queue_chunk::first) {
       // A new message: one begun before it (cur) can never end, its producer is gone.
       cur = h.id;
       out.clear();
+      hooks.begin(cur);
     }
     const bool mine = cur != 0 && h.id == cur && !(h.flags & queue_chunk::abort);
     if (mine) {
@@ -369,6 +415,7 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
         // do not decode): it is dropped, so that it stops nobody else.
         if (h.flags & queue_chunk::last) count_taken();
         r.consume(sizeof h + h.len);
+        hooks.dropped();
         s.space.notify();
         throw;
       }
@@ -378,8 +425,10 @@ bool queue_channel::get(Sink& out, std::int64_t deadline) {
     // qsize low (the next one reads the chunk again), never high.
     if (h.flags & queue_chunk::last) count_taken();
     r.consume(sizeof h + h.len);
+    const bool whole = mine && (h.flags & queue_chunk::last);
+    if (whole) hooks.taken();
     s.space.notify();  // after the count: a put waiting below maxsize sees it
-    if (mine && (h.flags & queue_chunk::last)) return true;
+    if (whole) return true;
   }
 }
 
