@@ -41,6 +41,10 @@ class basic_lock {
   /// True while the caller holds it and its last holder died holding it (a
   /// SIGKILL, a crash, an exit): what that holder guarded may be half-changed.
   bool holder_died() const noexcept { return state_->holder_died != 0; }
+  /// How many times the calling thread holds it (0: not at all).
+  std::uint32_t held_by_me() const noexcept {
+    return state_->owner.load(std::memory_order_relaxed) == detail::current_tid() ? state_->depth : 0;
+  }
 
   // Lockable and TimedLockable, for std::lock_guard, std::unique_lock, std::scoped_lock.
   void lock() { acquire(); }

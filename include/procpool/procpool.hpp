@@ -24,3 +24,5 @@
 #include "joinable_queue.hpp"
 #include "pipe.hpp"
 #include "barrier.hpp"
+#include "condition.hpp"
+#include "semaphore.hpp"

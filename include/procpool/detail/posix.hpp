@@ -326,6 +326,11 @@ inline void futex_wake_all(std::atomic<std::uint32_t>* word) noexcept {
             nullptr, 0);
 }
 
+/// Wakes at most @p n waiters on @p word.
+inline void futex_wake(std::atomic<std::uint32_t>* word, int n) noexcept {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, n, nullptr, nullptr, 0);
+}
+
 /// Forks with every signal blocked and stdout/stderr locked, so the child starts
 /// with no signal handler half-run and no stdio lock held by a thread that does
 /// not exist in it. Stdio is flushed under those locks, so nothing buffered is
