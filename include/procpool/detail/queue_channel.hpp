@@ -292,8 +292,9 @@ bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline, Ali
     const std::size_t k = n - done < most ? n - done : most;
     const std::size_t need = sizeof(queue_chunk) + k + reserve;
     const auto room = [&] { return ring().writable() >= need; };
-    bool ready = false;
-    for (;;) {
+    // Room now is the common case: no clock read for it.
+    bool ready = room();
+    while (!ready) {
       const std::int64_t now = monotonic_ns();
       const std::int64_t until = deadline - now > probe_ns ? now + probe_ns : deadline;
       if ((ready = wait_on(s.space, until, room)) || until == deadline || !alive()) break;
