@@ -10,6 +10,7 @@
 #include "support/child.hpp"
 #include "support/common.hpp"
 #include "support/proc.hpp"
+#include "support/streamed.hpp"
 #include "support/watchdog.hpp"
 
 #include <atomic>
@@ -39,16 +40,6 @@ struct picky {
   void load(A& a) {
     a(v, name);
     if (v < 0) throw std::runtime_error("picky: negative");
-  }
-};
-
-/// A string that crosses as encoded bytes (a reader's buffer grows chunk by
-/// chunk, where a bare string's is sized at its first chunk).
-struct blob {
-  std::string s;
-  template <class A>
-  void serialize(A& a) {
-    a(s);
   }
 };
 
@@ -141,7 +132,7 @@ TEST_CASE("JoinableQueue: a consumer killed mid-get leaves join neither hung nor
   watchdog wd(90s);
   // A 4 KiB ring carries about 1 KiB a chunk: the consumer is killed while
   // 256 MiB stream through it, and no other consumer comes until join() ends.
-  procpool::JoinableQueue<blob> q(procpool::queue_options{.ring_bytes = 4096});
+  procpool::JoinableQueue<streamed> q(procpool::queue_options{.ring_bytes = 4096});
   procpool::Event reading;
   const pid_t consumer = fork_child([&] {
     if (q.get().s != "first") return 1;
@@ -152,12 +143,12 @@ TEST_CASE("JoinableQueue: a consumer killed mid-get leaves join neither hung nor
   });
   std::atomic<bool> putting{false}, put_done{false};
   std::thread producer([&] {
-    const blob huge{std::string(std::size_t{256} << 20, 'h')};
-    q.put(blob{"first"});
+    const streamed huge{std::string(std::size_t{256} << 20, 'h')};
+    q.put(streamed{"first"});
     putting = true;
     q.put(huge);  // ends once someone reads the rest
     put_done = true;
-    q.put(blob{"after"});
+    q.put(streamed{"after"});
   });
   REQUIRE(reading.wait(30s));
   const std::size_t rss = rss_bytes(consumer);

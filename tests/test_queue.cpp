@@ -8,6 +8,8 @@
 
 #include "support/child.hpp"
 #include "support/common.hpp"
+#include "support/proc.hpp"
+#include "support/streamed.hpp"
 #include "support/sanitizers.hpp"
 #include "support/watchdog.hpp"
 
@@ -173,35 +175,34 @@ TEST_CASE("Queue: a reader mid-item whose producer is killed gives up on it and 
 TEST_CASE("Queue: a consumer killed mid-get loses at most that item, and nobody is stuck") {
   watchdog wd(90s);
   // A 4 KiB ring carries about 1 KiB a chunk: 256 MiB takes ~2.6 * 10^5
-  // chunks, so the consumer is killed in the middle of it (it streams from
-  // the string, built before "first" is sent).
-  procpool::Queue<std::string> q(procpool::queue_options{.ring_bytes = 4096});
+  // chunks, and the consumer is killed once it has read 16 MiB of them.
+  procpool::Queue<streamed> q(procpool::queue_options{.ring_bytes = 4096});
   procpool::Event reading;
   const pid_t consumer = fork_child([&] {
-    if (q.get() != "first") return 1;
+    if (q.get().s != "first") return 1;
     reading.set();
     static_cast<void>(q.get());
     return 0;
   });
   std::atomic<bool> putting{false}, put_done{false};
   std::thread producer([&] {
-    const std::string huge(std::size_t{256} << 20, 'h');
-    q.put("first");
+    const streamed huge{std::string(std::size_t{256} << 20, 'h')};
+    q.put(streamed{"first"});
     putting = true;
     q.put(huge);  // ends once someone reads the rest
     put_done = true;
-    q.put("after");
+    q.put(streamed{"after"});
   });
   REQUIRE(reading.wait(30s));
+  const std::size_t rss = rss_bytes(consumer);
   REQUIRE(eventually([&] { return putting.load(); }));
-  sleep_ms(200);
+  // Its buffer grows as it reads: 16 MiB more, and it is mid-item.
+  REQUIRE(eventually([&] { return rss_bytes(consumer) > rss + (16 << 20); }));
   kill_and_reap(consumer);
   const bool mid_item = !put_done;
-  auto got = q.get(60s);
-  // Killed before it consumed the item's first chunk (it was making room for
-  // the value), the consumer leaves the whole item to the next one.
-  if (got && got->size() == (std::size_t{256} << 20)) got = q.get(60s);
-  CHECK(got == std::optional<std::string>("after"));
+  const auto got = q.get(60s);  // the rest of the item is dropped
+  REQUIRE(got);
+  CHECK(got->s == "after");
   producer.join();
   REQUIRE(mid_item);  // else this test did not test what it says
   CHECK(q.empty());
@@ -264,3 +265,18 @@ TEST_CASE("Queue: an item its consumer has no memory for is dropped, and the que
   CHECK(q.empty());
 }
 #endif
+
+TEST_CASE("Queue: put_nowait with room succeeds while another producer puts") {
+  watchdog wd(60s);
+  // 64 MiB of ring holds every item: any false is the other producer's lock.
+  procpool::Queue<int> q(procpool::queue_options{.ring_bytes = 64 << 20});
+  std::atomic<bool> stop{false};
+  std::thread other([&] {
+    for (int i = 0; i < 1'000'000 && !stop; ++i) q.put(1);  // 28 MB at most
+  });
+  int refused = 0;
+  for (int i = 0; i < 20'000; ++i) refused += q.put_nowait(2) ? 0 : 1;
+  stop = true;
+  other.join();
+  CHECK(refused == 0);
+}

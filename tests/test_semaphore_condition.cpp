@@ -89,9 +89,11 @@ TEST_CASE("Semaphore: four processes, never more than two inside at once") {
   watchdog wd(60s);
   procpool::BoundedSemaphore sem(2);
   procpool::Value<int> inside(0), most(0);
+  procpool::Event go;  // all four start together
   std::vector<pid_t> kids;
   for (int k = 0; k < 4; ++k)
     kids.push_back(fork_child([&] {
+      go.wait();
       for (int i = 0; i < 30; ++i) {
         std::lock_guard hold(sem);
         const int now = inside.atomic().fetch_add(1) + 1;
@@ -103,6 +105,7 @@ TEST_CASE("Semaphore: four processes, never more than two inside at once") {
       }
       return 0;
     }));
+  go.set();
   for (const pid_t p : kids) CHECK(exit_status(p) == 0);
   CHECK(most.atomic().load() == 2);
   CHECK(sem.get_value() == 2);

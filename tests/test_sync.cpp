@@ -236,6 +236,17 @@ TEST_CASE("Event: a child's set wakes the parent, and a wait on a clear event ti
   CHECK(e.wait(1s));
 }
 
+TEST_CASE("Event: set wakes a process that waits without a timeout") {
+  procpool::Event e;
+  const pid_t sleeper = fork_child([&] {
+    e.wait();  // returns only when woken
+    return 0;
+  });
+  sleep_ms(50);
+  e.set();
+  CHECK(exit_status(sleeper) == 0);  // killed after 30 s if not woken
+}
+
 TEST_CASE("SharedMemory: anonymous blocks are shared with forks and leave nothing in /dev/shm") {
   const std::size_t before = dev_shm_entries();
   procpool::SharedMemory shm(1 << 20);

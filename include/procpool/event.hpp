@@ -51,7 +51,9 @@ class Event {
 
  private:
   bool wait_until(std::int64_t deadline) const noexcept {
-    constexpr std::int64_t slice = 1'000'000'000;  // a futex wait's longest sleep
+    // Woken by set() (the waiter count makes sure it sees this waiter); the
+    // slice only keeps a futex timeout in range.
+    constexpr std::int64_t slice = 86'400'000'000'000;
     if (is_set()) return true;
     state_->waiters.fetch_add(1);
     bool set = false;

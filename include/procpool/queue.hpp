@@ -141,7 +141,8 @@ class Queue {
   [[nodiscard]] bool put(const T& v, std::chrono::duration<Rep, Period> timeout) {
     return put_until(v, detail::deadline_after(timeout));
   }
-  /// Puts @p v if there is room now (Python's put_nowait, which raises Full).
+  /// Puts @p v if there is room now (Python's put_nowait, which raises Full);
+  /// it waits up to 10 ms for another producer that is writing an item.
   [[nodiscard]] bool put_nowait(const T& v) { return put_until(v, -1); }
 
   /// Takes the oldest item, waiting for one. @throws closed_error when the

@@ -268,7 +268,8 @@ bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline, Ali
   const std::size_t n = a.n + b.n;
   queue_shared& s = *state_;
   if (closed()) throw usage_error(std::string(who_) + "::put: the queue was closed (close()); no more items can be put");
-  const lock_result got = s.put_lock.lock_until(deadline, who_);
+  const lock_result got =
+      s.put_lock.lock_until(deadline < 0 ? monotonic_ns() + queue_nowait_lock_ns : deadline, who_);
   if (got == lock_result::timed_out) return false;
   if (got == lock_result::acquired_holder_died) abort_dead_put();
   struct release {

@@ -52,6 +52,10 @@ inline constexpr std::int64_t spin_ns = 50'000;
 /// on a futex: a stream of small items between two busy processes then costs
 /// no system call per item (a futex wake costs many items' worth of time).
 inline constexpr std::int64_t queue_spin_ns = 20'000;
+/// put_nowait waits this long for the producers' lock, which another producer
+/// holds while it writes an item and a consumer for an instant while it looks
+/// whether producers live: "no room now" must not mean "someone held the lock".
+inline constexpr std::int64_t queue_nowait_lock_ns = 10'000'000;
 /// How often a Queue reader waiting mid-item looks whether its producer
 /// lives, and a Pipe end whether its peer's process does: a look is a lock
 /// try, or system calls.
