@@ -150,7 +150,7 @@ TEST_CASE("Condition: notify_all wakes every waiting process") {
   for (const pid_t p : kids) CHECK(exit_status(p) == 0);
 }
 
-TEST_CASE("Condition: wait and notify without the lock are usage_errors; wait times out holding it") {
+TEST_CASE("Condition: wait and notify without the lock are usage_errors, and a wait times out holding it") {
   procpool::Condition cond;
   CHECK_THROWS_AS(cond.wait(), procpool::usage_error);
   CHECK_THROWS_AS(cond.notify(), procpool::usage_error);
