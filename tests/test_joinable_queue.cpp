@@ -9,8 +9,7 @@
 
 #include "support/child.hpp"
 #include "support/common.hpp"
-#include "support/proc.hpp"
-#include "support/streamed.hpp"
+#include "support/mid_item_kill.hpp"
 #include "support/watchdog.hpp"
 
 #include <atomic>
@@ -130,40 +129,16 @@ TEST_CASE("JoinableQueue: a consumer killed between get and task_done has its it
 
 TEST_CASE("JoinableQueue: a consumer killed mid-get leaves join neither hung nor wrong") {
   watchdog wd(90s);
-  // A 4 KiB ring carries about 1 KiB a chunk: the consumer is killed while
-  // 256 MiB stream through it, and no other consumer comes until join() ends.
+  // No other consumer comes until join() ends.
   procpool::JoinableQueue<streamed> q(procpool::queue_options{.ring_bytes = 4096});
-  procpool::Event reading;
-  const pid_t consumer = fork_child([&] {
-    if (q.get().s != "first") return 1;
-    q.task_done();
-    reading.set();
-    static_cast<void>(q.get());
-    return 0;
-  });
-  std::atomic<bool> putting{false}, put_done{false};
-  std::thread producer([&] {
-    const streamed huge{std::string(std::size_t{256} << 20, 'h')};
-    q.put(streamed{"first"});
-    putting = true;
-    q.put(huge);  // ends once someone reads the rest
-    put_done = true;
-    q.put(streamed{"after"});
-  });
-  REQUIRE(reading.wait(30s));
-  const std::size_t rss = rss_bytes(consumer);
-  REQUIRE(eventually([&] { return putting.load(); }));
-  // Its buffer grows as it reads: 16 MiB more, and it is mid-item.
-  REQUIRE(eventually([&] { return rss_bytes(consumer) > rss + (16 << 20); }));
-  kill_and_reap(consumer);
-  const bool mid_item = !put_done;
+  consumer_killed_mid_item killed(q, [&] { q.task_done(); });
   CHECK_THROWS_WITH(static_cast<void>(q.join(10s)), Catch::Contains("1 item(s)"));
   const auto got = q.get(60s);  // reads past the rest of the lost item
   REQUIRE(got);
   CHECK(got->s == "after");
-  producer.join();
+  killed.join_producer();
   q.task_done();
-  REQUIRE(mid_item);  // else this test did not test what it says
+  REQUIRE(killed.mid_item());
   CHECK(q.join(5s));
 }
 

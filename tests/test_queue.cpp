@@ -8,8 +8,7 @@
 
 #include "support/child.hpp"
 #include "support/common.hpp"
-#include "support/proc.hpp"
-#include "support/streamed.hpp"
+#include "support/mid_item_kill.hpp"
 #include "support/sanitizers.hpp"
 #include "support/watchdog.hpp"
 
@@ -174,37 +173,13 @@ TEST_CASE("Queue: a reader mid-item whose producer is killed gives up on it and 
 
 TEST_CASE("Queue: a consumer killed mid-get loses at most that item, and nobody is stuck") {
   watchdog wd(90s);
-  // A 4 KiB ring carries about 1 KiB a chunk: 256 MiB takes ~2.6 * 10^5
-  // chunks, and the consumer is killed once it has read 16 MiB of them.
   procpool::Queue<streamed> q(procpool::queue_options{.ring_bytes = 4096});
-  procpool::Event reading;
-  const pid_t consumer = fork_child([&] {
-    if (q.get().s != "first") return 1;
-    reading.set();
-    static_cast<void>(q.get());
-    return 0;
-  });
-  std::atomic<bool> putting{false}, put_done{false};
-  std::thread producer([&] {
-    const streamed huge{std::string(std::size_t{256} << 20, 'h')};
-    q.put(streamed{"first"});
-    putting = true;
-    q.put(huge);  // ends once someone reads the rest
-    put_done = true;
-    q.put(streamed{"after"});
-  });
-  REQUIRE(reading.wait(30s));
-  const std::size_t rss = rss_bytes(consumer);
-  REQUIRE(eventually([&] { return putting.load(); }));
-  // Its buffer grows as it reads: 16 MiB more, and it is mid-item.
-  REQUIRE(eventually([&] { return rss_bytes(consumer) > rss + (16 << 20); }));
-  kill_and_reap(consumer);
-  const bool mid_item = !put_done;
+  consumer_killed_mid_item killed(q, [] {});
   const auto got = q.get(60s);  // the rest of the item is dropped
   REQUIRE(got);
   CHECK(got->s == "after");
-  producer.join();
-  REQUIRE(mid_item);  // else this test did not test what it says
+  killed.join_producer();
+  REQUIRE(killed.mid_item());
   CHECK(q.empty());
 }
 

@@ -9,6 +9,7 @@
 // them on the dead process's books (detail/task_ledger.hpp) and reports them
 // lost with items_lost_error.
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <limits>
@@ -84,8 +85,8 @@ class JoinableQueue : private Queue<T> {
   static constexpr const char* who = "procpool::JoinableQueue";
   /// This process's slot in the books, looked up once per process.
   struct local {
-    std::mutex m;
-    pid_t pid = 0;
+    std::mutex m;                 // serializes the lookup
+    std::atomic<pid_t> pid{0};    // whose slot it is; set after slot
     std::uint32_t slot = 0;
   };
 
@@ -110,10 +111,11 @@ class JoinableQueue : private Queue<T> {
 template <class T>
 std::uint32_t JoinableQueue<T>::my_slot() {
   const pid_t pid = detail::current_pid();
+  if (me_->pid.load(std::memory_order_acquire) == pid) return me_->slot;
   std::lock_guard g(me_->m);
-  if (me_->pid != pid) {
+  if (me_->pid.load(std::memory_order_relaxed) != pid) {
     me_->slot = books_->slot_of(pid, who);
-    me_->pid = pid;
+    me_->pid.store(pid, std::memory_order_release);
   }
   return me_->slot;
 }
