@@ -22,12 +22,17 @@ namespace procpool {
 
 template <class F>
 class Pool;
+namespace mpi {
+template <class F>
+class Pool;
+}
 
 /// The results of imap / imap_unordered: an input range, read lazily.
 /// Dereferencing an iterator at an item that failed throws that item's error;
 /// incrementing past it goes on with the next. Destroying the range stops
-/// feeding work (what is in flight finishes and is dropped).
-template <class R, bool Ordered>
+/// feeding work (what is in flight finishes and is dropped). @p Engine is
+/// what drives the pool: detail::engine, or procpool::mpi's master.
+template <class R, bool Ordered, class Engine = detail::engine>
 class imap_range {
   using job_type = detail::stream_job<R, Ordered>;
 
@@ -77,7 +82,9 @@ class imap_range {
  private:
   template <class>
   friend class Pool;
-  imap_range(std::shared_ptr<detail::engine> eng, std::shared_ptr<job_type> job)
+  template <class>
+  friend class mpi::Pool;
+  imap_range(std::shared_ptr<Engine> eng, std::shared_ptr<job_type> job)
       : eng_(std::move(eng)), job_(std::move(job)) {}
 
   bool at_end() const noexcept { return !current_; }
@@ -98,16 +105,16 @@ class imap_range {
                                    "mix a loop with next_for()"));
   }
 
-  std::shared_ptr<detail::engine> eng_;
+  std::shared_ptr<Engine> eng_;
   std::shared_ptr<job_type> job_;
   std::optional<outcome<R>> current_;
   bool iterating_ = false;  // begin() was called
   bool pulled_ = false;     // next_for() was called
 };
 
-template <class R, bool Ordered>
+template <class R, bool Ordered, class Engine>
 template <class Rep, class Period>
-std::optional<R> imap_range<R, Ordered>::next_for(std::chrono::duration<Rep, Period> timeout) {
+std::optional<R> imap_range<R, Ordered, Engine>::next_for(std::chrono::duration<Rep, Period> timeout) {
   if (iterating_) check_not_pulled("next_for");
   pulled_ = true;
   if (!eng_->run_until([this] { return job_->has_next() || job_->finished(); },
