@@ -3,7 +3,8 @@
 # worker, four_processes, four_processes --pids and squares; then wordcount
 # over this repository's sources; then what processes share: shared_counter (a Value and
 # its Lock), queue_pipeline (four processes joined by Queues), pipe_ping_pong (a Pipe to a
-# child) and barrier_stages (a Barrier between two stages).
+# child) and barrier_stages (a Barrier between two stages); and, when MPI is installed,
+# mpi_squares and mpi_hosts under mpiexec -np 3.
 #
 #   scripts/examples.sh
 #
@@ -31,7 +32,7 @@ targets=(worker four_processes)
 # The Pool demos, as examples/CMakeLists.txt defines them. (Capture first: with
 # pipefail, grep -q closing the pipe early would fail the whole pipeline.)
 all_targets=$(cmake --build "$build_dir" --target help)
-for t in squares wordcount shared_counter queue_pipeline pipe_ping_pong barrier_stages; do
+for t in squares wordcount shared_counter queue_pipeline pipe_ping_pong barrier_stages mpi_squares mpi_hosts; do
   if grep -qw "$t" <<<"$all_targets"; then
     targets+=("$t")
   fi
@@ -55,3 +56,13 @@ run shared_counter
 run queue_pipeline
 run pipe_ping_pong
 run barrier_stages
+# Over MPI ranks, when procpool::mpi was built (MPI found): 3 ranks on this machine.
+if [[ -x "$bin/mpi_squares" ]]; then
+  # Open MPI refuses to run as root (CI) unless told both.
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  for name in mpi_squares mpi_hosts; do
+    echo "\$ mpiexec --oversubscribe -np 3 $name"
+    mpiexec --oversubscribe -np 3 "$bin/$name"
+    echo
+  done
+fi

@@ -17,6 +17,7 @@ packages=(
   python3 ca-certificates git
   valgrind                    # .ci/run's memcheck subset (scripts/valgrind.sh)
   pkg-config                  # the pkg-config consumer (pkgconf on Debian 12)
+  libopenmpi-dev openmpi-bin  # the optional procpool::mpi component, its tests and examples
 )
 
 # --list: print the packages, one line, for callers that run apt-get themselves (.ci/run).

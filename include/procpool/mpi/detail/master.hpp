@@ -1,0 +1,646 @@
+// procpool: Python's multiprocessing model for C++20.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// Rank 0's side of one pool: the same jobs as procpool::Pool's (jobs.hpp: they
+// encode the inputs and keep the results), cut into chunks and sent to the
+// serving ranks. A progress thread makes every MPI call; callers wait on a
+// condition variable for their jobs.
+//
+// Scheduling keeps the single-machine rule: no rank sits idle while another
+// holds a chunk none of whose items has started. A rank is sent one chunk
+// per local worker plus one waiting (to hide the network's latency); chunk
+// sizes shrink as a sized input drains (scheduler.hpp's guided rule, over all
+// ranks' workers); and a rank with nothing in flight makes rank 0 ask the
+// busiest rank for its last chunk back (revoke), which that rank gives back
+// if the chunk is still waiting there.
+
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../../detail/job.hpp"
+#include "../../detail/posix.hpp"
+#include "../../detail/scheduler.hpp"
+#include "../../errors.hpp"
+#include "../../options.hpp"
+#include "../session.hpp"
+#include "code_address.hpp"
+#include "remote_error.hpp"
+#include "transport.hpp"
+
+namespace procpool::mpi::detail {
+
+using procpool::detail::chunk;
+using procpool::detail::job;
+using procpool::detail::task_message;
+
+/// A serving rank as rank 0 sees it.
+struct rank_info {
+  int rank = 0;
+  std::string host;
+  pid_t pid = 0;            // the serving process on that host
+  std::size_t workers = 0;  // its local pool's workers
+};
+
+class master {
+ public:
+  /// Opens pool @p serial of F @p fn_name on every serving rank, then starts
+  /// the progress thread. @throws usage_error when a rank refuses or does not
+  /// answer within @p open_timeout.
+  master(session& s, std::uint64_t serial, const std::string& fn_name, const pool_options& o,
+         std::chrono::milliseconds open_timeout = std::chrono::seconds(60));
+  ~master() { terminate(); }
+  master(const master&) = delete;
+  master& operator=(const master&) = delete;
+
+  /// Queues a job. @throws usage_error after close() or terminate().
+  void submit(const std::shared_ptr<job>& j);
+  /// Waits until done() (called under the lock) is true.
+  template <class Done>
+  void run_until(Done done) {
+    run_until(done, std::numeric_limits<std::int64_t>::max());
+  }
+  /// Like run_until, but gives up at @p deadline (monotonic ns); true if done.
+  template <class Done>
+  bool run_until(Done done, std::int64_t deadline);
+  /// Runs @p fn under the lock (for reading job state), then lets the
+  /// progress thread look again (a reader may have made room in a window).
+  template <class Fn>
+  decltype(auto) locked(Fn fn) {
+    struct poke_after {
+      master& m;
+      ~poke_after() { m.poke(); }
+    } after{*this};
+    std::lock_guard lk(m_);
+    return fn();
+  }
+  /// True in the process that built the pool.
+  bool owned_here() const noexcept { return ::getpid() == pid_; }
+
+  void close();
+  void join();
+  void terminate() noexcept;
+
+  /// Workers on all serving ranks.
+  std::size_t size() const noexcept { return workers_; }
+  /// The local pools' queue size: chunk sizes follow it as on one machine.
+  std::size_t queue_capacity() const noexcept { return queue_bytes_; }
+  /// The serving ranks.
+  std::vector<rank_info> ranks() const;
+
+ private:
+  enum class phase { running, closed, joined, terminated };
+  struct sent {
+    chunk c;
+    std::uint64_t left = 0;     // items without an answer
+    std::vector<bool> answered;  // by item of the chunk
+    bool revoking = false;
+  };
+  struct serving {
+    rank_info info;
+    std::map<std::uint64_t, sent> in_flight;  // by chunk id, in the order sent
+    std::int64_t last_heard_ns = 0;
+    bool bye = false;
+    bool lost = false;  // silent past silence_limit_ns: sent nothing more, heard no more
+  };
+
+  void loop() noexcept;
+  bool pump();
+  void handle(int src, byte_buffer& msg);
+  bool dispatch();
+  bool next_chunk(chunk& c);
+  void send_task(serving& r, chunk&& c);
+  void rebalance();
+  void check_silence();
+  void lose(serving& r);
+  void send_all(kind k);
+  void abort_all(const std::exception_ptr& e);
+  bool all_done() const;
+  void poke() {
+    {
+      std::lock_guard lk(m_);
+      poked_ = true;
+    }
+    wake_.notify_one();
+  }
+  void check_owner() const {
+    if (!owned_here())
+      throw usage_error("procpool::mpi::Pool: used in a process that did not build it (a fork "
+                        "of rank 0); only the building process may call or close the pool");
+  }
+
+  session& s_;
+  const std::uint64_t serial_;
+  const pid_t pid_;
+  transport t_;
+  std::vector<serving> ranks_;
+  std::size_t workers_ = 0;
+  std::size_t queue_bytes_;
+  unsigned retries_;
+
+  mutable std::mutex m_;
+  std::condition_variable done_;  // a job moved on: callers look
+  std::condition_variable wake_;  // work was submitted or read: the progress thread looks
+  bool poked_ = false;
+  bool stop_ = false;
+  phase phase_ = phase::running;
+  bool close_sent_ = false;
+  bool terminate_sent_ = false;
+  std::exception_ptr broken_;
+  std::deque<std::shared_ptr<job>> jobs_;  // still handing out input
+  std::vector<std::shared_ptr<job>> live_;  // not complete (for join and terminate)
+  std::deque<chunk> requeued_;             // taken back from a rank: sent first
+  std::uint64_t next_id_ = 0;
+  std::thread thread_;
+};
+
+// ---------------------------------------------------------------------------
+
+inline master::master(session& s, std::uint64_t serial, const std::string& fn_name,
+                      const pool_options& o, std::chrono::milliseconds open_timeout)
+    : s_(s),
+      serial_(serial),
+      pid_(::getpid()),
+      t_(s.comm()),
+      queue_bytes_(o.queue_bytes),
+      retries_(o.retries) {
+  if (s.size() < 2)
+    throw usage_error("procpool::mpi::Pool: one rank only; rank 0 hands out the work and the "
+                      "other ranks run it: start two or more (mpirun -np 3 ./program)");
+  for (int r = 1; r < s.size(); ++r) {
+    byte_buffer m;
+    begin_message(m, kind::open, serial);
+    put_text(m, program_fingerprint());
+    put_text(m, fn_name);
+    seal(m);
+    t_.send(r, std::move(m));
+    ranks_.push_back(serving{rank_info{r, {}, 0, 0}, {}, 0, false, false});
+  }
+  // Every rank's answer; a refusal is this constructor's error.
+  const std::int64_t deadline = procpool::detail::deadline_after(open_timeout);
+  std::size_t answered = 0;
+  std::string refusal;
+  backoff idle;
+  byte_buffer msg;
+  while (answered < ranks_.size()) {
+    int src = 0;
+    t_.progress();
+    if (!t_.poll(src, msg)) {
+      if (procpool::detail::monotonic_ns() > deadline) {
+        std::string silent;
+        for (const auto& r : ranks_)
+          if (r.info.pid == 0) silent += (silent.empty() ? "" : ", ") + std::to_string(r.info.rank);
+        t_.flush();
+        throw usage_error("procpool::mpi::Pool: rank(s) " + silent + " did not build pool number " +
+                          std::to_string(serial) + " within " +
+                          std::to_string(open_timeout.count()) +
+                          " ms; build the same mpi::Pools in the same order on every rank");
+      }
+      std::this_thread::sleep_for(idle.next());
+      continue;
+    }
+    reader body(nullptr, 0);
+    const message_header h = open_message(msg, body);
+    if (h.pool != serial || src < 1 || src >= s.size()) continue;
+    serving& r = ranks_[static_cast<std::size_t>(src - 1)];
+    ++answered;
+    if (h.kind == static_cast<std::uint32_t>(kind::refused)) {
+      if (refusal.empty()) refusal = get_text(body);
+      r.info.pid = -1;
+      continue;
+    }
+    r.info.workers = static_cast<std::size_t>(body.read_value<std::uint64_t>());
+    r.info.pid = static_cast<pid_t>(body.read_value<std::int64_t>());
+    r.info.host = get_text(body);
+    workers_ += r.info.workers;
+  }
+  t_.flush();
+  for (auto& r : ranks_) r.last_heard_ns = procpool::detail::monotonic_ns();
+  if (!refusal.empty()) {
+    // The ranks that did open this pool stop serving it, as after terminate().
+    for (auto& r : ranks_)
+      if (r.info.pid > 0) {
+        byte_buffer m;
+        begin_message(m, kind::terminate, serial_);
+        seal(m);
+        t_.send(r.info.rank, std::move(m));
+      }
+    t_.flush();
+    throw usage_error(refusal);
+  }
+  thread_ = std::thread([this] { loop(); });
+  ++s_.open_pools();
+}
+
+inline void master::submit(const std::shared_ptr<job>& j) {
+  check_owner();
+  {
+    std::lock_guard lk(m_);
+    if (broken_) std::rethrow_exception(broken_);
+    if (phase_ != phase::running)
+      throw usage_error("procpool::mpi::Pool: the pool is closed or terminated; submit before "
+                        "close(), or build a new pool");
+    jobs_.push_back(j);
+    live_.push_back(j);
+    poked_ = true;
+  }
+  wake_.notify_one();
+}
+
+template <class Done>
+bool master::run_until(Done done, std::int64_t deadline) {
+  check_owner();
+  std::unique_lock lk(m_);
+  if (deadline == std::numeric_limits<std::int64_t>::max()) {
+    done_.wait(lk, done);
+    return true;
+  }
+  const auto until = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline));
+  return done_.wait_until(lk, until, done);
+}
+
+inline std::vector<rank_info> master::ranks() const {
+  std::vector<rank_info> v;
+  for (const auto& r : ranks_) v.push_back(r.info);
+  return v;
+}
+
+inline void master::close() {
+  check_owner();
+  std::lock_guard lk(m_);
+  if (phase_ == phase::running) phase_ = phase::closed;
+}
+
+inline void master::join() {
+  check_owner();
+  std::unique_lock lk(m_);
+  if (phase_ == phase::running)
+    throw usage_error("procpool::mpi::Pool::join: call close() first (or terminate())");
+  if (phase_ == phase::closed) {
+    // Everything submitted runs, read or not (Python's join returns with an imap unread).
+    for (auto& j : live_) j->lift_window();
+    poked_ = true;
+    wake_.notify_one();
+    // The progress thread sends close once every job is complete, and stops
+    // when every rank has said bye.
+    done_.wait(lk, [&] { return stop_; });
+    phase_ = phase::joined;
+    --s_.open_pools();
+  }
+  lk.unlock();
+  if (thread_.joinable()) thread_.join();
+}
+
+inline void master::terminate() noexcept {
+  if (!owned_here()) return;
+  {
+    std::unique_lock lk(m_);
+    if (phase_ != phase::joined && phase_ != phase::terminated) {
+      phase_ = phase::terminated;
+      --s_.open_pools();
+      abort_all(std::make_exception_ptr(pool_terminated(
+          "procpool::mpi::Pool: terminated (terminate() or the destructor) before this item "
+          "finished")));
+      poked_ = true;
+      wake_.notify_one();
+      // Until every rank said bye, or 10 s: a rank that is gone cannot answer.
+      done_.wait_for(lk, std::chrono::seconds(10), [&] { return stop_; });
+      stop_ = true;
+      wake_.notify_one();
+    }
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+// ---------------------------------------------------------------- the progress thread
+
+inline void master::loop() noexcept {
+  backoff idle;
+  std::unique_lock lk(m_);
+  while (!stop_) {
+    bool moved = false;
+    try {
+      moved = pump();
+    } catch (...) {
+      // MPI failed, or a message did not parse: nothing more can be trusted.
+      broken_ = std::current_exception();
+      abort_all(broken_);
+      stop_ = true;
+      moved = true;
+    }
+    if (moved) {
+      done_.notify_all();
+      idle.reset();
+      continue;
+    }
+    const auto wait = idle.next();
+    if (wait.count() == 0) {
+      // Spinning: let callers take the lock between looks.
+      lk.unlock();
+      std::this_thread::yield();
+      lk.lock();
+      continue;
+    }
+    poked_ = false;
+    wake_.wait_for(lk, wait, [&] { return poked_ || stop_; });
+    if (poked_) idle.reset();
+  }
+  done_.notify_all();
+  lk.unlock();
+  try {
+    t_.flush();
+  } catch (...) {
+  }
+}
+
+/// One look: what arrived, what to send. True when anything moved.
+inline bool master::pump() {
+  bool moved = false;
+  t_.progress();
+  byte_buffer msg;
+  int src = 0;
+  while (t_.poll(src, msg)) {
+    handle(src, msg);
+    moved = true;
+  }
+  if (phase_ == phase::terminated) {
+    if (!terminate_sent_) {
+      send_all(kind::terminate);
+      terminate_sent_ = true;
+      moved = true;
+    }
+  } else {
+    check_silence();
+    moved |= dispatch();
+    rebalance();
+    if (phase_ == phase::closed && !close_sent_ && all_done()) {
+      send_all(kind::close);
+      close_sent_ = true;
+      moved = true;
+    }
+  }
+  if ((close_sent_ || terminate_sent_) && !stop_) {
+    bool all_bye = true;
+    for (const auto& r : ranks_) all_bye &= r.bye || r.lost;
+    if (all_bye) {
+      stop_ = true;
+      moved = true;
+    }
+  }
+  t_.progress();
+  if (poked_) {
+    poked_ = false;
+    moved = true;
+  }
+  return moved;
+}
+
+inline void master::handle(int src, byte_buffer& msg) {
+  reader body(nullptr, 0);
+  const message_header h = open_message(msg, body);
+  if (h.pool != serial_ || src < 1 || src > static_cast<int>(ranks_.size())) return;
+  serving& r = ranks_[static_cast<std::size_t>(src - 1)];
+  if (r.lost) return;  // given up on: its items ran elsewhere or failed
+  r.last_heard_ns = procpool::detail::monotonic_ns();
+  const auto k = static_cast<kind>(h.kind);
+  if (k == kind::bye) {
+    r.bye = true;
+    return;
+  }
+  if (k == kind::alive) return;
+  const auto id = body.read_value<std::uint64_t>();
+  const auto it = r.in_flight.find(id);
+  if (it == r.in_flight.end()) return;  // a terminated pool's late answers
+  sent& s = it->second;
+  job& j = *s.c.owner;
+  switch (k) {
+    case kind::results: {
+      const auto base = body.read_value<std::uint64_t>();
+      const auto count = body.read_value<std::uint64_t>();
+      const auto errors = body.read_value<std::uint64_t>();
+      std::vector<procpool::detail::item_failure> failed;
+      for (std::uint64_t e = 0; e < errors; ++e) {
+        procpool::detail::item_failure f;
+        f.local = body.read_value<std::uint64_t>();
+        f.type = get_text(body);
+        f.message = get_text(body);
+        failed.push_back(std::move(f));
+      }
+      if (count > s.left || base < s.c.base || base - s.c.base + count > s.c.n)
+        throw decode_error("procpool::mpi: a rank answered items it was not given");
+      for (std::uint64_t i = 0; i < count; ++i) s.answered[static_cast<std::size_t>(base - s.c.base + i)] = true;
+      j.deliver(base, count, failed, body);
+      j.outstanding -= count;
+      s.left -= count;
+      break;
+    }
+    case kind::failure: {
+      const auto index = body.read_value<std::uint64_t>();
+      if (s.left == 0 || index < s.c.base || index - s.c.base >= s.c.n)
+        throw decode_error("procpool::mpi: a rank answered an item it was not given");
+      s.answered[static_cast<std::size_t>(index - s.c.base)] = true;
+      j.fail(index, get_error(body, index, r.info.rank, r.info.host));
+      --j.outstanding;
+      --s.left;
+      break;
+    }
+    case kind::revoked:
+      requeued_.push_front(std::move(s.c));
+      r.in_flight.erase(it);
+      return;
+    case kind::kept:
+      s.revoking = false;
+      return;
+    default:
+      return;
+  }
+  if (s.left == 0) r.in_flight.erase(it);
+  if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
+}
+
+/// Sends chunks to the ranks with room, the least loaded first.
+inline bool master::dispatch() {
+  bool moved = false;
+  for (;;) {
+    serving* best = nullptr;
+    std::size_t best_room = 0;
+    for (auto& r : ranks_) {
+      if (r.lost) continue;
+      const std::size_t cap = r.info.workers + 1;  // one waiting per rank
+      const std::size_t room = cap > r.in_flight.size() ? cap - r.in_flight.size() : 0;
+      if (room > best_room) best = &r, best_room = room;
+    }
+    if (!best) return moved;
+    chunk c;
+    if (!next_chunk(c)) return moved;
+    send_task(*best, std::move(c));
+    moved = true;
+  }
+}
+
+/// A chunk taken back from a rank, else the next one cut off the oldest job with input left.
+inline bool master::next_chunk(chunk& c) {
+  while (!requeued_.empty()) {
+    c = std::move(requeued_.front());
+    requeued_.pop_front();
+    if (!c.owner->aborted) return true;
+    c.owner->outstanding -= c.count();
+  }
+  for (auto it = jobs_.begin(); it != jobs_.end();) {
+    job& j = **it;
+    if (j.aborted || j.input_done()) {
+      it = jobs_.erase(it);
+      continue;
+    }
+    task_message::begin(c.msg);
+    c.offsets.clear();
+    c.stride = 0;
+    std::size_t n = 0;
+    try {
+      const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
+      n = j.next_items(c.msg, c.offsets, c.stride,
+                       procpool::detail::chunk_items(j.chunksize, j.guided, left, workers_), c.base);
+    } catch (...) {
+      j.input_failed(std::current_exception());
+      it = jobs_.erase(it);
+      if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
+      continue;
+    }
+    if (n == 0) {
+      ++it;
+      continue;
+    }
+    c.n = n;
+    if (!c.stride) c.offsets.push_back(static_cast<std::uint32_t>(task_message::items_size(c.msg)));
+    c.owner = *it;
+    j.outstanding += n;
+    j.handed += n;
+    return true;
+  }
+  return false;
+}
+
+inline void master::send_task(serving& r, chunk&& c) {
+  c.seq = ++next_id_;
+  byte_buffer m;
+  begin_message(m, kind::task, serial_);
+  m.append_value(c.seq);
+  m.append_value(runner_offset(c.owner->runner));
+  m.append_value(c.owner->timeout_ns);
+  m.append_value(c.base);
+  m.append_value(c.n);
+  m.append_value(c.stride);
+  m.append_value(std::uint32_t{0});
+  if (!c.stride) m.append(c.offsets.data(), static_cast<std::size_t>(c.n) * sizeof(std::uint32_t));
+  m.append(task_message::items(c.msg), task_message::items_size(c.msg));
+  seal(m);
+  t_.send(r.info.rank, std::move(m));
+  const std::uint64_t n = c.n;
+  r.in_flight.emplace(c.seq, sent{std::move(c), n, std::vector<bool>(static_cast<std::size_t>(n)), false});
+}
+
+/// A rank with nothing in flight asks the busiest rank for its newest chunk
+/// back, if that rank holds more chunks than it has workers (so one waits there).
+inline void master::rebalance() {
+  for (auto& idle : ranks_) {
+    if (!idle.in_flight.empty() || idle.bye || idle.lost || idle.info.workers == 0) continue;
+    serving* busiest = nullptr;
+    for (auto& r : ranks_) {
+      if (r.lost || r.in_flight.size() <= r.info.workers) continue;
+      if (!busiest || r.in_flight.size() > busiest->in_flight.size()) busiest = &r;
+    }
+    if (!busiest) return;
+    sent& newest = busiest->in_flight.rbegin()->second;
+    if (newest.revoking) continue;
+    newest.revoking = true;
+    byte_buffer m;
+    begin_message(m, kind::revoke, serial_);
+    m.append_value(busiest->in_flight.rbegin()->first);
+    seal(m);
+    t_.send(busiest->info.rank, std::move(m));
+  }
+}
+
+/// A rank silent past silence_limit_ns is lost (lose()).
+inline void master::check_silence() {
+  const std::int64_t now = procpool::detail::monotonic_ns();
+  for (auto& r : ranks_)
+    if (!r.lost && !r.bye && now - r.last_heard_ns > silence_limit_ns) lose(r);
+}
+
+/// Gives up on @p r: each unanswered item of its runs again on another rank
+/// while its chunk's attempts are within pool_options::retries, else fails
+/// with worker_lost. The session then ends the job with MPI_Abort, since
+/// MPI_Finalize would wait for that rank.
+inline void master::lose(serving& r) {
+  r.lost = true;
+  s_.note_lost(r.info.rank, r.info.host);
+  for (auto& [id, st] : r.in_flight) {
+    chunk& c = st.c;
+    job& j = *c.owner;
+    for (std::uint64_t i = 0; i < c.n;) {
+      if (st.answered[static_cast<std::size_t>(i)]) {
+        ++i;
+        continue;
+      }
+      std::uint64_t k = i;
+      while (k < c.n && !st.answered[static_cast<std::size_t>(k)]) ++k;
+      if (c.attempts < retries_ && !j.aborted) {
+        requeued_.push_back(c.slice(i, k, c.attempts + 1));
+      } else {
+        for (std::uint64_t q = i; q < k; ++q) {
+          j.fail(c.base + q, rank_lost(c.base + q, r.info.rank, r.info.host, r.info.pid));
+          --j.outstanding;
+        }
+      }
+      i = k;
+    }
+    if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
+  }
+  r.in_flight.clear();
+  workers_ -= std::min(workers_, r.info.workers);
+  bool any = false;
+  for (const auto& q : ranks_) any |= !q.lost;
+  if (!any)
+    abort_all(std::make_exception_ptr(error(
+        "procpool::mpi::Pool: every serving rank stopped answering; nothing can run")));
+}
+
+inline void master::send_all(kind k) {
+  for (auto& r : ranks_) {
+    if (r.lost) continue;
+    byte_buffer m;
+    begin_message(m, k, serial_);
+    seal(m);
+    t_.send(r.info.rank, std::move(m));
+  }
+}
+
+inline void master::abort_all(const std::exception_ptr& e) {
+  for (auto& j : live_) j->abort(e);
+  live_.clear();
+  jobs_.clear();
+  requeued_.clear();
+  for (auto& r : ranks_) r.in_flight.clear();
+  done_.notify_all();
+}
+
+inline bool master::all_done() const {
+  for (const auto& j : live_)
+    if (!j->complete()) return false;
+  return true;
+}
+
+}  // namespace procpool::mpi::detail

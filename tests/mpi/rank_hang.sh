@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Usage: rank_hang.sh MPIEXEC BINARY. Runs BINARY (rank_hang.cpp) on 3 ranks,
+# one of which stops itself: the job must end within 90 s with every item done
+# (run again on the other rank), say which rank stopped answering, and leave
+# no process of the program running.
+set -u
+mpiexec=$1 bin=$2
+out=$(mktemp)
+start=$SECONDS
+timeout 90 "$mpiexec" --oversubscribe -np 3 "$bin" >"$out" 2>&1
+rc=$?
+took=$((SECONDS - start))
+cat "$out"
+fail() { echo "rank_hang: $*" >&2; rm -f "$out"; exit 1; }
+[[ $rc -ne 124 ]] || fail "the job did not end within 90 s"
+grep -q "rank 0: 200 of 200 items ok" "$out" || fail "rank 0 did not get every item"
+grep -q "rank(s) 2 (host .*) stopped answering" "$out" || fail "nothing says rank 2 stopped answering"
+sleep 1
+if pgrep -f "^$bin( |$)" >/dev/null; then
+  pgrep -af "^$bin( |$)" >&2
+  pkill -9 -f "^$bin( |$)"
+  fail "processes of the job are left running"
+fi
+echo "rank_hang: ended in ${took} s with status $rc, nothing left"
+rm -f "$out"

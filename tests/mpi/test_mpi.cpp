@@ -1,0 +1,242 @@
+// procpool::mpi::Pool under mpiexec -np 3: rank 0 makes the calls and checks
+// them; ranks 1 and 2 serve. Every rank runs every TEST_CASE, in the same
+// order, so every rank builds the same pools in the same order (SPMD); on a
+// serving rank a test ends once its pool's constructor has served it.
+
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <procpool/mpi/pool.hpp>
+
+using namespace std::chrono_literals;
+namespace mpi = procpool::mpi;
+
+namespace {
+
+struct point {
+  double x = 0, y = 0;
+  std::string label;
+  template <class A>
+  void serialize(A& a) {
+    a(x, y, label);
+  }
+};
+
+long square(long x) { return x * x; }
+
+std::vector<int> iota_vec(int n) {
+  std::vector<int> v(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("mpi: map, try_map, starmap and the ranks' workers") {
+  mpi::Pool pool(square);
+  if (!pool.is_master()) return;
+  REQUIRE(pool.ranks().size() == 2);
+  REQUIRE(pool.size() >= 2);
+  std::vector<long> in(100'000);
+  for (long i = 0; i < 100'000; ++i) in[static_cast<std::size_t>(i)] = i;
+  const auto out = pool.map(in);
+  REQUIRE(out.size() == in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) REQUIRE(out[i] == in[i] * in[i]);
+  REQUIRE(pool.map(std::vector<long>{}).empty());
+  const auto o = pool.try_map(std::vector<long>{1, 2, 3});
+  REQUIRE(o.size() == 3);
+  REQUIRE(o[2].value() == 9);
+  pool.close();
+  pool.join();
+  REQUIRE_THROWS_AS(pool.map(in), procpool::usage_error);
+}
+
+TEST_CASE("mpi: strings, vectors and cereal types cross both ways") {
+  mpi::Pool pool([](const point& p) {
+    return std::make_pair(p.label + "!", std::vector<double>{p.x, p.y, p.x + p.y});
+  });
+  if (!pool.is_master()) return;
+  std::vector<point> in;
+  for (int i = 0; i < 500; ++i) in.push_back({double(i), 0.5, std::string(i % 50, 'a')});
+  const auto out = pool.map(in);
+  REQUIRE(out.size() == in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    REQUIRE(out[i].first == in[i].label + "!");
+    REQUIRE(out[i].second == std::vector<double>{in[i].x, 0.5, in[i].x + 0.5});
+  }
+}
+
+TEST_CASE("mpi: starmap, apply_async, map_async, imap and imap_unordered") {
+  mpi::Pool pool([](int a, int b) { return a * 10 + b; });
+  if (!pool.is_master()) return;
+  std::vector<std::tuple<int, int>> pairs;
+  for (int i = 0; i < 1000; ++i) pairs.emplace_back(i, i % 10);
+  const auto s = pool.starmap(pairs);
+  REQUIRE(s.size() == 1000);
+  for (int i = 0; i < 1000; ++i) REQUIRE(s[static_cast<std::size_t>(i)] == i * 10 + i % 10);
+  auto a = pool.apply_async(4, 2);
+  auto b = pool.starmap_async(pairs);
+  REQUIRE(a.get() == 42);
+  REQUIRE(b.get() == s);
+  REQUIRE(b.successful());
+  REQUIRE(pool.apply(7, 1) == 71);
+}
+
+TEST_CASE("mpi: imap in order, imap_unordered as completed") {
+  mpi::Pool pool([](int x) { return 2 * x; });
+  if (!pool.is_master()) return;
+  std::vector<int> got;
+  for (int v : pool.imap(iota_vec(5000))) got.push_back(v);
+  REQUIRE(got.size() == 5000);
+  for (int i = 0; i < 5000; ++i) REQUIRE(got[static_cast<std::size_t>(i)] == 2 * i);
+  std::multiset<int> un;
+  for (int v : pool.imap_unordered(iota_vec(3000), {.chunksize = 7})) un.insert(v);
+  REQUIRE(un.size() == 3000);
+  REQUIRE(*un.rbegin() == 2 * 2999);
+}
+
+TEST_CASE("mpi: a task error fails its item only, naming it") {
+  mpi::Pool pool([](int x) {
+    if (x % 7 == 3) throw std::runtime_error("bad " + std::to_string(x));
+    return x;
+  });
+  if (!pool.is_master()) return;
+  std::vector<int> in(200);
+  for (int i = 0; i < 200; ++i) in[static_cast<std::size_t>(i)] = i;
+  const auto o = pool.try_map(in);
+  for (int i = 0; i < 200; ++i) {
+    const auto& r = o[static_cast<std::size_t>(i)];
+    if (i % 7 == 3) {
+      REQUIRE(!r.ok());
+      try {
+        std::rethrow_exception(r.error());
+      } catch (const procpool::task_error& e) {
+        REQUIRE(e.index() == static_cast<std::size_t>(i));
+        REQUIRE(e.message() == "bad " + std::to_string(i));
+        REQUIRE(e.type_name() == "std::runtime_error");
+      }
+    } else {
+      REQUIRE(r.value() == i);
+    }
+  }
+  REQUIRE_THROWS_AS(pool.map(in), procpool::task_error);
+}
+
+TEST_CASE("mpi: a task that crashes its worker fails with worker_lost; the rank goes on") {
+  mpi::Pool pool([](int x) {
+    if (x == 5) {
+      ::signal(SIGSEGV, SIG_DFL);  // not Catch2's handler, inherited through fork
+      ::raise(SIGSEGV);
+    }
+    return x + 1;
+  });
+  if (!pool.is_master()) return;
+  std::vector<int> in(40);
+  for (int i = 0; i < 40; ++i) in[static_cast<std::size_t>(i)] = i;
+  const auto o = pool.try_map(in);
+  for (int i = 0; i < 40; ++i) {
+    if (i != 5) {
+      REQUIRE(o[static_cast<std::size_t>(i)].value() == i + 1);
+      continue;
+    }
+    try {
+      std::rethrow_exception(o[5].error());
+    } catch (const procpool::worker_lost& e) {
+      REQUIRE(e.index() == 5);
+      REQUIRE(e.exitcode() == -SIGSEGV);
+      REQUIRE(std::string(e.what()).find("on rank ") != std::string::npos);
+    }
+  }
+  // Both ranks still serve.
+  REQUIRE(pool.map(std::vector<int>{10, 20, 30}) == std::vector<int>{11, 21, 31});
+}
+
+TEST_CASE("mpi: task_timeout kills the item's worker on its rank; the others finish") {
+  mpi::Pool pool(
+      [](int x) {
+        if (x == 0) std::this_thread::sleep_for(30s);
+        return x;
+      },
+      procpool::pool_options{.task_timeout = 300ms});
+  if (!pool.is_master()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto o = pool.try_map(std::vector<int>{0, 1, 2, 3}, {.chunksize = 1});
+  REQUIRE(std::chrono::steady_clock::now() - t0 < 10s);
+  REQUIRE_THROWS_AS(o[0].value(), procpool::task_timeout);
+  REQUIRE(o[3].value() == 3);
+}
+
+TEST_CASE("mpi: a 300 MiB argument crosses in pieces") {
+  mpi::Pool pool([](const std::vector<char>& v) {
+    std::size_t sum = 0;
+    for (char c : v) sum += static_cast<unsigned char>(c);
+    return std::make_pair(v.size(), sum);
+  });
+  if (!pool.is_master()) return;
+  std::vector<char> big(std::size_t{300} << 20, 1);
+  big.back() = 3;
+  const auto r = pool.apply(big);
+  REQUIRE(r.first == big.size());
+  REQUIRE(r.second == big.size() + 2);
+}
+
+TEST_CASE("mpi: no rank idles while another holds work not started (40 sleeps of 20 ms)") {
+  // Each item reports the serving rank that ran it: its worker's parent.
+  mpi::Pool pool([](int) {
+    std::this_thread::sleep_for(20ms);
+    return static_cast<long>(::getppid());
+  });
+  if (!pool.is_master()) return;
+  for (int round = 0; round < 2; ++round) {
+    const auto pids = pool.map(std::vector<int>(40, 0));
+    std::map<long, int> per_rank;
+    for (long p : pids) ++per_rank[p];
+    REQUIRE(per_rank.size() == 2);
+    for (const auto& [pid, n] : per_rank) {
+      INFO("rank pid " << pid << " ran " << n << " items");
+      REQUIRE(n >= 10);
+    }
+  }
+}
+
+TEST_CASE("mpi: a second pool while one is open on rank 0 is a usage_error there") {
+  mpi::Pool pool(square);
+  if (!pool.is_master()) return;
+  REQUIRE_THROWS_WITH(mpi::Pool(square), Catch::Contains("another mpi::Pool is open on rank 0"));
+  REQUIRE(pool.apply(3L) == 9);
+}
+
+TEST_CASE("mpi: pools that differ across ranks are a usage_error on every rank") {
+  auto& s = mpi::session::current();
+  if (s.is_master()) {
+    REQUIRE_THROWS_WITH(mpi::Pool([](int x) { return x; }),
+                        Catch::Contains("with the same function, in the same order"));
+  } else {
+    REQUIRE_THROWS_AS(mpi::Pool([](long x) { return x; }), procpool::usage_error);
+  }
+}
+
+TEST_CASE("mpi: after a refused pool, the next one opens on every rank") {
+  mpi::Pool pool(square);
+  if (!pool.is_master()) return;
+  REQUIRE(pool.apply(12L) == 144);
+}
+
+int main(int argc, char** argv) {
+  mpi::session s(argc, argv);
+  Catch::Session cs;
+  if (!s.is_master()) cs.configData().showSuccessfulTests = false;
+  return cs.run(argc, argv);
+}
