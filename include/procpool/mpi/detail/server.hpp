@@ -201,8 +201,10 @@ inline void serve(session& s, std::uint64_t serial, const std::string& fn_name,
         else if (!busy)
           std::this_thread::yield();  // spinning: the CPU may be wanted by a local worker
       } else {
+        // An answer wakes the local driver at once; rank 0's next message
+        // waits at most max_ns, and meanwhile the CPU is the workers'.
         local.run_until([&] { return !outbox.empty(); },
-                        procpool::detail::monotonic_ns() + wait_ns);
+                        procpool::detail::monotonic_ns() + (busy ? 0 : backoff::max_ns));
       }
     } catch (...) {
       // The local pool cannot run anything (its initializer failed): every item says so.
