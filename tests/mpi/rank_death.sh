@@ -6,11 +6,11 @@ set -u
 mpiexec=$1 bin=$2
 out=$(mktemp)
 start=$SECONDS
-timeout 60 "$mpiexec" --oversubscribe -np 3 "$bin" >"$out" 2>&1
+timeout -k 5 60 "$mpiexec" --oversubscribe -np 3 "$bin" >"$out" 2>&1
 rc=$?
 took=$((SECONDS - start))
 cat "$out"
-fail() { echo "rank_death: $*" >&2; rm -f "$out"; exit 1; }
+fail() { echo "rank_death: $*" >&2; pkill -9 -f "^$bin( |$)"; rm -f "$out"; exit 1; }
 [[ $rc -ne 124 ]] || fail "the job did not end within 60 s"
 [[ $rc -ne 0 ]] || fail "the job succeeded although a rank was killed"
 grep -q "rank 2" "$out" || fail "the output does not name rank 2"

@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -14,19 +16,18 @@
 
 int main(int argc, char** argv) {
   procpool::mpi::session s(argc, argv);
-  if (s.rank() == 2) {
-    std::thread([] {
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-      ::kill(::getpid(), SIGSTOP);
-    }).detach();
-  }
   {
     procpool::mpi::Pool pool(
         [](int x) {
+          // Rank 2's worker stops its rank (its parent) at the 5th item it runs:
+          // the pool is open and rank 2 holds work.
+          static int ran = 0;
+          const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+          if (rank && std::string(rank) == "2" && ++ran == 5) ::kill(::getppid(), SIGSTOP);
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
           return x;
         },
-        procpool::pool_options{.retries = 1});
+        procpool::pool_options{.processes = 1, .retries = 1});
     if (!pool.is_master()) return 0;
     const auto t0 = std::chrono::steady_clock::now();
     const auto r = pool.try_map(std::vector<int>(200, 7), {.chunksize = 4});

@@ -7,18 +7,18 @@ set -u
 mpiexec=$1 bin=$2
 out=$(mktemp)
 start=$SECONDS
-timeout 90 "$mpiexec" --oversubscribe -np 3 "$bin" >"$out" 2>&1
+timeout -k 5 90 "$mpiexec" --oversubscribe -np 3 "$bin" >"$out" 2>&1
 rc=$?
 took=$((SECONDS - start))
 cat "$out"
-fail() { echo "rank_hang: $*" >&2; rm -f "$out"; exit 1; }
+# A stopped rank keeps a failed run's job alive: kill what is left, then say why.
+fail() { echo "rank_hang: $*" >&2; pkill -9 -f "^$bin( |$)"; rm -f "$out"; exit 1; }
 [[ $rc -ne 124 ]] || fail "the job did not end within 90 s"
 grep -q "rank 0: 200 of 200 items ok" "$out" || fail "rank 0 did not get every item"
 grep -q "rank(s) 2 (host .*) stopped answering" "$out" || fail "nothing says rank 2 stopped answering"
 sleep 1
 if pgrep -f "^$bin( |$)" >/dev/null; then
   pgrep -af "^$bin( |$)" >&2
-  pkill -9 -f "^$bin( |$)"
   fail "processes of the job are left running"
 fi
 echo "rank_hang: ended in ${took} s with status $rc, nothing left"

@@ -133,7 +133,17 @@ inline session::~session() {
                  lost_.c_str());
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
-  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (comm_ != MPI_COMM_NULL) {
+    if (rank_ == 0) {
+      // A serving rank still waiting to open a pool learns that it never will.
+      detail::byte_buffer m;
+      detail::begin_message(m, detail::kind::ended, 0);
+      detail::seal(m);
+      for (int r = 1; r < size_; ++r)
+        MPI_Send(m.data(), static_cast<int>(m.size()), MPI_BYTE, r, detail::tag_first, comm_);
+    }
+    MPI_Comm_free(&comm_);
+  }
   if (started_) MPI_Finalize();
 }
 

@@ -5,14 +5,17 @@
 // A runner's address from one rank to another. Every rank runs the same
 // program, but each loads it at its own address (PIE, ASLR): a runner crosses
 // as its distance from an anchor function in the same module, and the
-// program's fingerprint, checked when a pool opens, says the ranks run the
-// same build.
+// program's fingerprint (its build id), checked when a pool opens, says the
+// ranks run the same build.
 
 #include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <sys/stat.h>
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "../../errors.hpp"
 
@@ -46,14 +49,63 @@ inline std::uint64_t runner_at(std::int64_t offset) noexcept {
                                     static_cast<std::uintptr_t>(offset));
 }
 
-/// What must be equal on every rank for runners to cross: the anchor's place
-/// in its module, and the size and modification time of the program's file.
+/// The GNU build id of the module holding @p fn, in hex; empty when it has none.
+inline std::string build_id_of(const void* fn) {
+  struct search {
+    std::uintptr_t at;
+    std::string id;
+  } q{reinterpret_cast<std::uintptr_t>(fn), {}};
+  ::dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) -> int {
+        auto& q = *static_cast<search*>(data);
+        bool holds = false;
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const auto& ph = info->dlpi_phdr[i];
+          const std::uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+          holds |= ph.p_type == PT_LOAD && q.at >= lo && q.at < lo + ph.p_memsz;
+        }
+        if (!holds) return 0;
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const auto& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_NOTE) continue;
+          const char* p = reinterpret_cast<const char*>(info->dlpi_addr + ph.p_vaddr);
+          const char* end = p + ph.p_memsz;
+          while (p + sizeof(ElfW(Nhdr)) <= end) {
+            const auto* n = reinterpret_cast<const ElfW(Nhdr)*>(p);
+            const char* name = p + sizeof *n;
+            const char* desc = name + ((n->n_namesz + 3) & ~3u);
+            if (n->n_type == NT_GNU_BUILD_ID && n->n_namesz == 4 &&
+                std::string_view(name, 3) == "GNU" && desc + n->n_descsz <= end) {
+              static const char hex[] = "0123456789abcdef";
+              for (unsigned k = 0; k < n->n_descsz; ++k) {
+                const auto b = static_cast<unsigned char>(desc[k]);
+                q.id += hex[b >> 4];
+                q.id += hex[b & 15];
+              }
+              return 1;
+            }
+            p = desc + ((n->n_descsz + 3) & ~3u);
+          }
+        }
+        return 1;
+      },
+      &q);
+  return q.id;
+}
+
+/// What must be equal on every rank for runners to cross: the program's GNU
+/// build id (the linker's, by default on Linux), else the anchor's place in
+/// its module and the program file's size and modification time.
 inline std::string program_fingerprint() {
   const auto anchor = reinterpret_cast<std::uintptr_t>(&code_anchor);
-  std::string f = std::to_string(anchor - module_base(reinterpret_cast<const void*>(anchor)));
+  if (std::string id = build_id_of(reinterpret_cast<const void*>(anchor)); !id.empty())
+    return "build id " + id;
+  std::string f = "anchor at +" +
+                  std::to_string(anchor - module_base(reinterpret_cast<const void*>(anchor)));
   struct stat st {};
   if (::stat("/proc/self/exe", &st) == 0)
-    f += ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec);
+    f += ", program file of " + std::to_string(st.st_size) + " bytes, modified at " +
+         std::to_string(st.st_mtim.tv_sec);
   return f;
 }
 

@@ -61,7 +61,11 @@ class master {
   /// answer within @p open_timeout.
   master(session& s, std::uint64_t serial, const std::string& fn_name, const pool_options& o,
          std::chrono::milliseconds open_timeout = std::chrono::seconds(60));
-  ~master() { terminate(); }
+  ~master() {
+    terminate();
+    // In a fork of rank 0 the thread does not exist: its handle is leaked, never joined.
+    if (thread_.joinable()) new std::thread(std::move(thread_));
+  }
   master(const master&) = delete;
   master& operator=(const master&) = delete;
 
@@ -93,8 +97,11 @@ class master {
   void join();
   void terminate() noexcept;
 
-  /// Workers on all serving ranks.
-  std::size_t size() const noexcept { return workers_; }
+  /// Workers on the serving ranks that can take work.
+  std::size_t size() const {
+    std::lock_guard lk(m_);
+    return workers_;
+  }
   /// The local pools' queue size: chunk sizes follow it as on one machine.
   std::size_t queue_capacity() const noexcept { return queue_bytes_; }
   /// The serving ranks.
@@ -113,7 +120,10 @@ class master {
     std::map<std::uint64_t, sent> in_flight;  // by chunk id, in the order sent
     std::int64_t last_heard_ns = 0;
     bool bye = false;
-    bool lost = false;  // silent past silence_limit_ns: sent nothing more, heard no more
+    bool lost = false;    // silent past its limit (silence_of): sent nothing more, heard no more
+    bool broken = false;  // its local pool cannot run (initializer_error): sent nothing more
+    /// May be sent chunks.
+    bool usable() const noexcept { return !lost && !broken && !bye; }
   };
 
   void loop() noexcept;
@@ -125,6 +135,8 @@ class master {
   void rebalance();
   void check_silence();
   void lose(serving& r);
+  void break_rank(serving& r, const std::exception_ptr& e);
+  void give_up_on_silent();
   void send_all(kind k);
   void abort_all(const std::exception_ptr& e);
   bool all_done() const;
@@ -163,6 +175,7 @@ class master {
   std::vector<std::shared_ptr<job>> live_;  // not complete (for join and terminate)
   std::deque<chunk> requeued_;             // taken back from a rank: sent first
   std::uint64_t next_id_ = 0;
+  std::size_t revoking_ = 0;  // revokes sent and not yet answered
   std::thread thread_;
 };
 
@@ -186,7 +199,7 @@ inline master::master(session& s, std::uint64_t serial, const std::string& fn_na
     put_text(m, fn_name);
     seal(m);
     t_.send(r, std::move(m));
-    ranks_.push_back(serving{rank_info{r, {}, 0, 0}, {}, 0, false, false});
+    ranks_.push_back(serving{rank_info{r, {}, 0, 0}, {}, 0, false, false, false});
   }
   // Every rank's answer; a refusal is this constructor's error.
   const std::int64_t deadline = procpool::detail::deadline_after(open_timeout);
@@ -202,7 +215,9 @@ inline master::master(session& s, std::uint64_t serial, const std::string& fn_na
         std::string silent;
         for (const auto& r : ranks_)
           if (r.info.pid == 0) silent += (silent.empty() ? "" : ", ") + std::to_string(r.info.rank);
-        t_.flush();
+        // Every rank, including one that opens late, stops serving this pool.
+        send_all(kind::terminate);
+        t_.flush(procpool::detail::deadline_after(std::chrono::seconds(1)));
         throw usage_error("procpool::mpi::Pool: rank(s) " + silent + " did not build pool number " +
                           std::to_string(serial) + " within " +
                           std::to_string(open_timeout.count()) +
@@ -237,7 +252,7 @@ inline master::master(session& s, std::uint64_t serial, const std::string& fn_na
         seal(m);
         t_.send(r.info.rank, std::move(m));
       }
-    t_.flush();
+    t_.flush(procpool::detail::deadline_after(std::chrono::seconds(1)));
     throw usage_error(refusal);
   }
   thread_ = std::thread([this] { loop(); });
@@ -253,7 +268,7 @@ inline void master::submit(const std::shared_ptr<job>& j) {
       throw usage_error("procpool::mpi::Pool: the pool is closed or terminated; submit before "
                         "close(), or build a new pool");
     jobs_.push_back(j);
-    live_.push_back(j);
+    if (!j->complete()) live_.push_back(j);  // an empty input is complete already
     poked_ = true;
   }
   wake_.notify_one();
@@ -316,12 +331,23 @@ inline void master::terminate() noexcept {
       poked_ = true;
       wake_.notify_one();
       // Until every rank said bye, or 10 s: a rank that is gone cannot answer.
-      done_.wait_for(lk, std::chrono::seconds(10), [&] { return stop_; });
+      if (!done_.wait_for(lk, std::chrono::seconds(10), [&] { return stop_; }))
+        give_up_on_silent();
       stop_ = true;
       wake_.notify_one();
     }
   }
   if (thread_.joinable()) thread_.join();
+}
+
+/// terminate() waited in vain: the ranks that said nothing are lost, so that
+/// the session ends the job with MPI_Abort rather than wait in MPI_Finalize.
+inline void master::give_up_on_silent() {
+  for (auto& r : ranks_)
+    if (!r.bye && !r.lost) {
+      r.lost = true;
+      s_.note_lost(r.info.rank, r.info.host);
+    }
 }
 
 // ---------------------------------------------------------------- the progress thread
@@ -337,6 +363,11 @@ inline void master::loop() noexcept {
       // MPI failed, or a message did not parse: nothing more can be trusted.
       broken_ = std::current_exception();
       abort_all(broken_);
+      try {
+        send_all(kind::terminate);  // the serving ranks stop serving this pool
+      } catch (...) {
+      }
+      give_up_on_silent();  // their byes will not be read
       stop_ = true;
       moved = true;
     }
@@ -360,7 +391,7 @@ inline void master::loop() noexcept {
   done_.notify_all();
   lk.unlock();
   try {
-    t_.flush();
+    t_.flush(procpool::detail::deadline_after(std::chrono::seconds(1)));
   } catch (...) {
   }
 }
@@ -424,7 +455,8 @@ inline void master::handle(int src, byte_buffer& msg) {
   const auto it = r.in_flight.find(id);
   if (it == r.in_flight.end()) return;  // a terminated pool's late answers
   sent& s = it->second;
-  job& j = *s.c.owner;
+  const std::shared_ptr<job> keep = s.c.owner;  // the chunk may be its last owner
+  job& j = *keep;
   switch (k) {
     case kind::results: {
       const auto base = body.read_value<std::uint64_t>();
@@ -439,7 +471,8 @@ inline void master::handle(int src, byte_buffer& msg) {
         failed.push_back(std::move(f));
       }
       if (count > s.left || base < s.c.base || base - s.c.base + count > s.c.n)
-        throw decode_error("procpool::mpi: a rank answered items it was not given");
+        throw decode_error("procpool::mpi: rank " + std::to_string(r.info.rank) +
+                           " answered items it was not given (a corrupted message)");
       for (std::uint64_t i = 0; i < count; ++i) s.answered[static_cast<std::size_t>(base - s.c.base + i)] = true;
       j.deliver(base, count, failed, body);
       j.outstanding -= count;
@@ -449,18 +482,23 @@ inline void master::handle(int src, byte_buffer& msg) {
     case kind::failure: {
       const auto index = body.read_value<std::uint64_t>();
       if (s.left == 0 || index < s.c.base || index - s.c.base >= s.c.n)
-        throw decode_error("procpool::mpi: a rank answered an item it was not given");
+        throw decode_error("procpool::mpi: rank " + std::to_string(r.info.rank) +
+                           " answered an item it was not given (a corrupted message)");
       s.answered[static_cast<std::size_t>(index - s.c.base)] = true;
-      j.fail(index, get_error(body, index, r.info.rank, r.info.host));
+      std::exception_ptr e = get_error(body, index, r.info.rank, r.info.host);
+      if (!r.broken && error_is<initializer_error>(e)) break_rank(r, e);
+      j.fail(index, std::move(e));
       --j.outstanding;
       --s.left;
       break;
     }
     case kind::revoked:
+      --revoking_;
       requeued_.push_front(std::move(s.c));
       r.in_flight.erase(it);
       return;
     case kind::kept:
+      --revoking_;
       s.revoking = false;
       return;
     default:
@@ -477,7 +515,7 @@ inline bool master::dispatch() {
     serving* best = nullptr;
     std::size_t best_room = 0;
     for (auto& r : ranks_) {
-      if (r.lost) continue;
+      if (!r.usable()) continue;
       const std::size_t cap = r.info.workers + 1;  // one waiting per rank
       const std::size_t room = cap > r.in_flight.size() ? cap - r.in_flight.size() : 0;
       if (room > best_room) best = &r, best_room = room;
@@ -501,6 +539,7 @@ inline bool master::next_chunk(chunk& c) {
   for (auto it = jobs_.begin(); it != jobs_.end();) {
     job& j = **it;
     if (j.aborted || j.input_done()) {
+      if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
       it = jobs_.erase(it);
       continue;
     }
@@ -551,33 +590,60 @@ inline void master::send_task(serving& r, chunk&& c) {
   r.in_flight.emplace(c.seq, sent{std::move(c), n, std::vector<bool>(static_cast<std::size_t>(n)), false});
 }
 
-/// A rank with nothing in flight asks the busiest rank for its newest chunk
-/// back, if that rank holds more chunks than it has workers (so one waits there).
+/// Ranks with idle workers (fewer chunks than workers: dispatch found no
+/// unsent work for them) have rank 0 ask the busiest rank holding more chunks
+/// than workers (so one waits there, unstarted) for its newest waiting chunk
+/// back; at most one revoke per idle worker is in flight.
 inline void master::rebalance() {
-  for (auto& idle : ranks_) {
-    if (!idle.in_flight.empty() || idle.bye || idle.lost || idle.info.workers == 0) continue;
+  std::size_t idle = 0;
+  for (const auto& r : ranks_)
+    if (r.usable() && r.in_flight.size() < r.info.workers) idle += r.info.workers - r.in_flight.size();
+  while (revoking_ < idle) {
     serving* busiest = nullptr;
+    sent* pick = nullptr;
+    std::uint64_t pick_id = 0;
     for (auto& r : ranks_) {
       if (r.lost || r.in_flight.size() <= r.info.workers) continue;
-      if (!busiest || r.in_flight.size() > busiest->in_flight.size()) busiest = &r;
+      if (busiest && r.in_flight.size() <= busiest->in_flight.size()) continue;
+      // Its newest chunks beyond one per worker wait there; the newest not asked for yet.
+      std::size_t beyond = r.in_flight.size() - r.info.workers;
+      for (auto it = r.in_flight.rbegin(); it != r.in_flight.rend() && beyond > 0; ++it, --beyond)
+        if (!it->second.revoking) {
+          busiest = &r, pick = &it->second, pick_id = it->first;
+          break;
+        }
     }
-    if (!busiest) return;
-    sent& newest = busiest->in_flight.rbegin()->second;
-    if (newest.revoking) continue;
-    newest.revoking = true;
+    if (!pick) return;
+    pick->revoking = true;
+    ++revoking_;
     byte_buffer m;
     begin_message(m, kind::revoke, serial_);
-    m.append_value(busiest->in_flight.rbegin()->first);
+    m.append_value(pick_id);
     seal(m);
     t_.send(busiest->info.rank, std::move(m));
   }
 }
 
-/// A rank silent past silence_limit_ns is lost (lose()).
+/// A rank silent past its limit is lost (lose()).
 inline void master::check_silence() {
   const std::int64_t now = procpool::detail::monotonic_ns();
-  for (auto& r : ranks_)
-    if (!r.lost && !r.bye && now - r.last_heard_ns > silence_limit_ns) lose(r);
+  for (auto& r : ranks_) {
+    if (r.lost || r.bye) continue;
+    // 10 MB/s is 100 ns a byte.
+    const std::int64_t limit = silence_limit_ns + static_cast<std::int64_t>(t_.pending_to(r.info.rank)) * 100;
+    if (now - r.last_heard_ns > limit) lose(r);
+  }
+}
+
+/// @p r's local pool cannot run anything (its initializer failed): no more
+/// chunks go there; when no rank is left, every call fails with @p e.
+inline void master::break_rank(serving& r, const std::exception_ptr& e) {
+  r.broken = true;
+  workers_ -= std::min(workers_, r.info.workers);
+  for (const auto& q : ranks_)
+    if (q.usable()) return;
+  broken_ = e;
+  abort_all(e);
 }
 
 /// Gives up on @p r: each unanswered item of its runs again on another rank
@@ -587,6 +653,7 @@ inline void master::check_silence() {
 inline void master::lose(serving& r) {
   r.lost = true;
   s_.note_lost(r.info.rank, r.info.host);
+  t_.abandon(r.info.rank);
   for (auto& [id, st] : r.in_flight) {
     chunk& c = st.c;
     job& j = *c.owner;
@@ -609,13 +676,16 @@ inline void master::lose(serving& r) {
     }
     if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
   }
+  for (auto& [id, st] : r.in_flight)
+    if (st.revoking) --revoking_;
   r.in_flight.clear();
-  workers_ -= std::min(workers_, r.info.workers);
-  bool any = false;
-  for (const auto& q : ranks_) any |= !q.lost;
-  if (!any)
-    abort_all(std::make_exception_ptr(error(
-        "procpool::mpi::Pool: every serving rank stopped answering; nothing can run")));
+  if (!r.broken) workers_ -= std::min(workers_, r.info.workers);
+  for (const auto& q : ranks_)
+    if (q.usable()) return;
+  broken_ = std::make_exception_ptr(
+      error("procpool::mpi::Pool: every serving rank stopped answering or cannot run tasks; "
+            "nothing can run: build a new pool, or check the ranks"));
+  abort_all(broken_);
 }
 
 inline void master::send_all(kind k) {
@@ -634,6 +704,7 @@ inline void master::abort_all(const std::exception_ptr& e) {
   jobs_.clear();
   requeued_.clear();
   for (auto& r : ranks_) r.in_flight.clear();
+  revoking_ = 0;
   done_.notify_all();
 }
 

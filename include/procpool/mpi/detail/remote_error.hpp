@@ -82,6 +82,18 @@ inline std::exception_ptr get_error(reader& r, std::uint64_t index, int rank,
   return std::make_exception_ptr(error(what));
 }
 
+/// True when @p e is an @p E.
+template <class E>
+bool error_is(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const E&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 /// Item @p index was on rank @p rank when rank 0 stopped hearing from it.
 inline std::exception_ptr rank_lost(std::uint64_t index, int rank, const std::string& host,
                                     pid_t pid) {

@@ -53,6 +53,9 @@ inline void serve(session& s, std::uint64_t serial, const std::string& fn_name,
     }
     reader body(nullptr, 0);
     const message_header h = open_message(msg, body);
+    if (h.kind == static_cast<std::uint32_t>(kind::ended))
+      throw usage_error(mismatch(s.rank(), "built pool number " + std::to_string(serial) +
+                                               ", which rank 0 never built (its session ended)"));
     if (h.pool < serial) continue;  // the end of a pool served before
     std::string refusal;
     if (h.kind != static_cast<std::uint32_t>(kind::open) || h.pool != serial) {
@@ -61,8 +64,9 @@ inline void serve(session& s, std::uint64_t serial, const std::string& fn_name,
     } else {
       const std::string fingerprint = get_text(body);
       const std::string name = get_text(body);
-      if (fingerprint != program_fingerprint())
-        refusal = mismatch(s.rank(), "runs another build of the program than rank 0");
+      if (const std::string mine = program_fingerprint(); fingerprint != mine)
+        refusal = mismatch(s.rank(), "runs another build of the program than rank 0 (" + mine +
+                                         "; rank 0's: " + fingerprint + ")");
       else if (name != fn_name)
         refusal = mismatch(s.rank(), "built a pool of " + fn_name + " where rank 0 built one of " + name);
     }
@@ -83,6 +87,12 @@ inline void serve(session& s, std::uint64_t serial, const std::string& fn_name,
   }
 
   std::vector<byte_buffer> outbox;
+  // However this ends, the local pool stops here, while the outbox its jobs
+  // write to still exists.
+  struct stop_local {
+    procpool::detail::engine& e;
+    ~stop_local() { e.terminate(); }
+  } stop{local};
   std::deque<std::shared_ptr<relay_job>> waiting;  // not yet in the local pool
   std::vector<std::shared_ptr<relay_job>> running;  // in the local pool
   bool closing = false;

@@ -13,7 +13,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <deque>
+#include <iterator>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,6 +47,7 @@ enum class kind : std::uint32_t {
   terminate = 11, // stop now, killing the local workers
   bye = 12,       // the serving rank stopped serving this pool
   alive = 13,     // nothing else to say for heartbeat_ns: the serving rank is alive
+  ended = 14,     // rank 0's session ended: a rank still waiting to open a pool never will
 };
 
 /// A serving rank says something at least this often while it serves.
@@ -62,7 +66,7 @@ struct message_header {
 inline constexpr std::uint32_t message_magic = 0x50504d31;  // "PPM1"
 inline constexpr int tag_first = 0x5050;
 inline constexpr int tag_rest = 0x5051;
-inline constexpr std::size_t piece_bytes = std::size_t{1} << 30;
+inline constexpr std::size_t max_piece_bytes = std::size_t{1} << 30;
 
 /// @throws procpool::error naming @p what when an MPI call failed.
 inline void check_mpi(int rc, const char* what) {
@@ -110,6 +114,19 @@ inline std::string get_text(reader& r) {
   return std::string(p, static_cast<std::size_t>(n));
 }
 
+/// The largest piece of a message: MPI counts are int. PROCPOOL_MPI_PIECE_BYTES
+/// lowers it (read once), so that tests can send big messages in many pieces.
+inline std::size_t piece_bytes() {
+  static const std::size_t n = [] {
+    const char* v = std::getenv("PROCPOOL_MPI_PIECE_BYTES");
+    const long long want = v ? std::atoll(v) : 0;
+    return want > 0 && static_cast<std::size_t>(want) < max_piece_bytes
+               ? static_cast<std::size_t>(want)
+               : max_piece_bytes;
+  }();
+  return n;
+}
+
 /// Sends and receives whole messages on one communicator, never blocking:
 /// send() keeps the bytes until MPI is done with them (progress() frees them).
 /// One thread at a time uses it (MPI_THREAD_SERIALIZED).
@@ -119,22 +136,22 @@ class transport {
   transport(const transport&) = delete;
   transport& operator=(const transport&) = delete;
   ~transport() {
-    // What is still in flight is abandoned: cancel and free, never wait.
+    // MPI may still read what is in flight (cancelling a send does nothing in
+    // Open MPI's ob1): the requests are freed, their bytes kept for good.
+    if (out_.empty()) return;
     for (auto& o : out_)
       for (auto& r : o.reqs)
-        if (r != MPI_REQUEST_NULL) {
-          MPI_Cancel(&r);
-          MPI_Request_free(&r);
-        }
+        if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+    new std::deque<outgoing>(std::move(out_));  // never freed, on purpose
   }
 
   /// Starts sending @p msg (begin_message, body, seal) to @p dest.
   void send(int dest, byte_buffer&& msg) {
-    out_.push_back(outgoing{std::move(msg), {}});
+    out_.push_back(outgoing{std::move(msg), {}, dest});
     outgoing& o = out_.back();
-    const std::size_t n = o.bytes.size();
-    for (std::size_t at = 0; at == 0 || at < n; at += piece_bytes) {
-      const std::size_t len = std::min(piece_bytes, n - at);
+    const std::size_t n = o.bytes.size(), piece = piece_bytes();
+    for (std::size_t at = 0; at == 0 || at < n; at += piece) {
+      const std::size_t len = std::min(piece, n - at);
       MPI_Request r;
       check_mpi(MPI_Isend(o.bytes.data() + at, static_cast<int>(len), MPI_BYTE, dest,
                           at == 0 ? tag_first : tag_rest, comm_, &r),
@@ -145,16 +162,37 @@ class transport {
 
   /// Frees what MPI has sent; true when nothing is left in flight.
   bool progress() {
-    while (!out_.empty()) {
-      auto& reqs = out_.front().reqs;
+    for (auto it = out_.begin(); it != out_.end();) {
       int done = 0;
-      check_mpi(MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done,
+      check_mpi(MPI_Testall(static_cast<int>(it->reqs.size()), it->reqs.data(), &done,
                             MPI_STATUSES_IGNORE),
                 "MPI_Testall");
-      if (!done) return false;
-      out_.pop_front();
+      it = done ? out_.erase(it) : std::next(it);
     }
-    return true;
+    return out_.empty();
+  }
+
+  /// Bytes still on their way to @p dest.
+  std::size_t pending_to(int dest) const noexcept {
+    std::size_t n = 0;
+    for (const auto& o : out_)
+      if (o.dest == dest) n += o.bytes.size();
+    return n;
+  }
+
+  /// Gives up on what is still on its way to @p dest (a rank that stopped
+  /// answering may never take it): the requests are freed, the bytes kept for good.
+  void abandon(int dest) {
+    for (auto it = out_.begin(); it != out_.end();) {
+      if (it->dest != dest) {
+        ++it;
+        continue;
+      }
+      for (auto& r : it->reqs)
+        if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+      abandoned_.push_back(std::move(it->bytes));
+      it = out_.erase(it);
+    }
   }
 
   /// Receives one message from @p from (or anyone) if one has arrived; its
@@ -164,41 +202,49 @@ class transport {
     MPI_Status st;
     check_mpi(MPI_Iprobe(from, tag_first, comm_, &flag, &st), "MPI_Iprobe");
     if (!flag) return false;
-    int count = 0;
-    MPI_Get_count(&st, MPI_BYTE, &count);
     src = st.MPI_SOURCE;
     msg.clear();
-    msg.resize(static_cast<std::size_t>(count));
-    check_mpi(MPI_Recv(msg.data(), count, MPI_BYTE, src, tag_first, comm_, MPI_STATUS_IGNORE),
-              "MPI_Recv");
+    receive_piece(msg, src, tag_first, st);
     if (msg.size() < sizeof(message_header)) return true;  // open_message says what is wrong
     message_header h;
     std::memcpy(&h, msg.data(), sizeof h);
-    const std::uint64_t total = h.size + sizeof h;
-    // The rest of a big message: its pieces are already on their way, in order.
-    while (h.magic == message_magic && msg.size() < total) {
-      const std::size_t at = msg.size();
-      const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(piece_bytes, total - at));
-      msg.resize(at + len);
-      check_mpi(MPI_Recv(msg.data() + at, static_cast<int>(len), MPI_BYTE, src, tag_rest, comm_,
-                         MPI_STATUS_IGNORE),
-                "MPI_Recv");
+    // The rest of a big message: its pieces are on their way, in order.
+    while (h.magic == message_magic && msg.size() < h.size + sizeof h) {
+      check_mpi(MPI_Probe(src, tag_rest, comm_, &st), "MPI_Probe");
+      receive_piece(msg, src, tag_rest, st);
     }
     return true;
   }
 
-  /// Sends what is queued, waiting (with short sleeps) until MPI has it all.
-  void flush() {
-    while (!progress()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  /// Sends what is queued, waiting (with short sleeps) until MPI has it all
+  /// or @p deadline (monotonic ns) passes; true when all was sent.
+  bool flush(std::int64_t deadline = std::numeric_limits<std::int64_t>::max()) {
+    while (!progress()) {
+      if (procpool::detail::monotonic_ns() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return true;
   }
 
  private:
   struct outgoing {
     byte_buffer bytes;
     std::vector<MPI_Request> reqs;
+    int dest;
   };
+  /// Appends the message @p st announced to @p msg.
+  void receive_piece(byte_buffer& msg, int src, int tag, MPI_Status& st) {
+    int count = 0;
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    const std::size_t at = msg.size();
+    msg.resize(at + static_cast<std::size_t>(count));
+    check_mpi(MPI_Recv(msg.data() + at, count, MPI_BYTE, src, tag, comm_, MPI_STATUS_IGNORE),
+              "MPI_Recv");
+  }
+
   MPI_Comm comm_;
   std::deque<outgoing> out_;
+  std::vector<byte_buffer> abandoned_;  // bytes a freed request may still read
 };
 
 /// How long to wait between looks while nothing happens: not at all for
