@@ -13,7 +13,10 @@ took=$((SECONDS - start))
 cat "$out"
 # A stopped rank keeps a failed run's job alive: kill what is left, then say why.
 fail() { echo "rank_hang: $*" >&2; pkill -9 -f "^$bin( |$)"; rm -f "$out"; exit 1; }
-[[ $rc -ne 124 ]] || fail "the job did not end within 90 s"
+if [[ $rc -eq 124 ]] || ((took >= 90)); then
+  ps -eo pid,ppid,stat,wchan:20,cmd | grep -E "mpi|orte|$(basename "$bin")" | grep -v grep >&2
+  fail "the job did not end within 90 s"
+fi
 grep -q "rank 0: 200 of 200 items ok" "$out" || fail "rank 0 did not get every item"
 grep -q "rank(s) 2 (host .*) stopped answering" "$out" || fail "nothing says rank 2 stopped answering"
 sleep 1

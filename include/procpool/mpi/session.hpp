@@ -6,12 +6,14 @@
 /// procpool::mpi::session: this process's place among the MPI ranks, and MPI's lifetime.
 
 #include <mpi.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "../errors.hpp"
 #include "detail/transport.hpp"
@@ -65,8 +67,9 @@ class session {
   int& open_pools() noexcept { return open_pools_; }
   /// Rank 0 gave up on @p rank (silent): the destructor ends the job with
   /// MPI_Abort, since MPI_Finalize would wait for that rank for ever.
-  void note_lost(int rank, const std::string& host) {
+  void note_lost(int rank, const std::string& host, pid_t pid) {
     lost_ += (lost_.empty() ? "" : ", ") + std::to_string(rank) + " (host " + host + ")";
+    if (host == host_ && pid > 0) lost_here_.push_back(pid);
   }
 
  private:
@@ -92,7 +95,8 @@ class session {
   std::string host_;
   std::uint64_t serial_ = 0;
   int open_pools_ = 0;
-  std::string lost_;  // the ranks rank 0 gave up on
+  std::string lost_;               // the ranks rank 0 gave up on
+  std::vector<pid_t> lost_here_;   // those of them on this host
 };
 
 // ---------------------------------------------------------------------------
@@ -131,6 +135,9 @@ inline session::~session() {
                  "procpool::mpi: rank(s) %s stopped answering; ending the job with MPI_Abort, "
                  "since MPI_Finalize would wait for them\n",
                  lost_.c_str());
+    // A stopped process takes no SIGTERM: those on this host end now, so the
+    // launcher's teardown never waits for them.
+    for (pid_t p : lost_here_) ::kill(p, SIGKILL);
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   if (comm_ != MPI_COMM_NULL) {

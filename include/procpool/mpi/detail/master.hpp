@@ -127,6 +127,7 @@ class master {
   };
 
   void loop() noexcept;
+  bool turn() noexcept;
   bool pump();
   void handle(int src, byte_buffer& msg);
   bool dispatch();
@@ -166,6 +167,7 @@ class master {
   std::condition_variable done_;  // a job moved on: callers look
   std::condition_variable wake_;  // work was submitted or read: the progress thread looks
   bool poked_ = false;
+  int spinning_callers_ = 0;  // callers driving in run_until: the progress thread stands by
   bool stop_ = false;
   phase phase_ = phase::running;
   bool close_sent_ = false;
@@ -278,12 +280,45 @@ template <class Done>
 bool master::run_until(Done done, std::int64_t deadline) {
   check_owner();
   std::unique_lock lk(m_);
-  if (deadline == std::numeric_limits<std::int64_t>::max()) {
-    done_.wait(lk, done);
-    return true;
+  // While answers may be a moment away (backoff::spin_ns after the last
+  // traffic), the waiting caller makes the MPI calls itself, sparing a round
+  // trip two thread wake-ups; the progress thread stands by meanwhile. Then
+  // the caller sleeps until the progress thread sees something move.
+  std::int64_t since = procpool::detail::monotonic_ns();
+  bool spinning = false;
+  const auto stop_spinning = [&] {
+    if (!spinning) return;
+    spinning = false;
+    --spinning_callers_;
+    wake_.notify_one();
+  };
+  for (;;) {
+    if (done()) {
+      stop_spinning();
+      return true;
+    }
+    const std::int64_t now = procpool::detail::monotonic_ns();
+    if (now >= deadline) {
+      stop_spinning();
+      return false;
+    }
+    if (!stop_ && now - since < backoff::spin_ns) {
+      if (!spinning) spinning = true, ++spinning_callers_;
+      if (turn()) {
+        done_.notify_all();
+        since = procpool::detail::monotonic_ns();
+        continue;
+      }
+      lk.unlock();
+      std::this_thread::yield();
+      lk.lock();
+      continue;
+    }
+    stop_spinning();
+    const std::int64_t until_ns = std::min(deadline, now + std::int64_t{1'000'000'000});
+    done_.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(until_ns)));
+    since = procpool::detail::monotonic_ns();  // something moved, or a second went by: look again
   }
-  const auto until = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline));
-  return done_.wait_until(lk, until, done);
 }
 
 inline std::vector<rank_info> master::ranks() const {
@@ -346,31 +381,42 @@ inline void master::give_up_on_silent() {
   for (auto& r : ranks_)
     if (!r.bye && !r.lost) {
       r.lost = true;
-      s_.note_lost(r.info.rank, r.info.host);
+      s_.note_lost(r.info.rank, r.info.host, r.info.pid);
     }
 }
 
 // ---------------------------------------------------------------- the progress thread
 
+/// One round (pump) under the lock; if it fails, the pool is broken for good.
+/// True when anything moved.
+inline bool master::turn() noexcept {
+  try {
+    return pump();
+  } catch (...) {
+    // MPI failed, or a message did not parse: nothing more can be trusted.
+    broken_ = std::current_exception();
+    abort_all(broken_);
+    try {
+      send_all(kind::terminate);  // the serving ranks stop serving this pool
+    } catch (...) {
+    }
+    give_up_on_silent();  // their byes will not be read
+    stop_ = true;
+    return true;
+  }
+}
+
 inline void master::loop() noexcept {
   backoff idle;
   std::unique_lock lk(m_);
   while (!stop_) {
-    bool moved = false;
-    try {
-      moved = pump();
-    } catch (...) {
-      // MPI failed, or a message did not parse: nothing more can be trusted.
-      broken_ = std::current_exception();
-      abort_all(broken_);
-      try {
-        send_all(kind::terminate);  // the serving ranks stop serving this pool
-      } catch (...) {
-      }
-      give_up_on_silent();  // their byes will not be read
-      stop_ = true;
-      moved = true;
+    if (spinning_callers_ > 0) {
+      // A caller drives; look again when it stops (it wakes this thread) or in 1 ms.
+      wake_.wait_for(lk, std::chrono::milliseconds(1));
+      idle.reset();
+      continue;
     }
+    const bool moved = turn();
     if (moved) {
       done_.notify_all();
       idle.reset();
@@ -652,7 +698,7 @@ inline void master::break_rank(serving& r, const std::exception_ptr& e) {
 /// MPI_Finalize would wait for that rank.
 inline void master::lose(serving& r) {
   r.lost = true;
-  s_.note_lost(r.info.rank, r.info.host);
+  s_.note_lost(r.info.rank, r.info.host, r.info.pid);
   t_.abandon(r.info.rank);
   for (auto& [id, st] : r.in_flight) {
     chunk& c = st.c;
