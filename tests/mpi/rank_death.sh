@@ -6,7 +6,7 @@ set -u
 mpiexec=$1 bin=$2
 out=$(mktemp)
 start=$SECONDS
-timeout -k 5 60 "$mpiexec" --oversubscribe -np 3 "$bin" >"$out" 2>&1
+timeout -k 5 60 "$mpiexec" --oversubscribe -np 3 "$bin" </dev/null >"$out" 2>&1
 rc=$?
 took=$((SECONDS - start))
 cat "$out"

@@ -65,11 +65,14 @@ class session {
   std::uint64_t next_serial() noexcept { return ++serial_; }
   /// Rank 0's pools that are open (not joined or terminated): at most one.
   int& open_pools() noexcept { return open_pools_; }
-  /// Rank 0 gave up on @p rank (silent): the destructor ends the job with
-  /// MPI_Abort, since MPI_Finalize would wait for that rank for ever.
+  /// Rank 0 gave up on @p rank (silent): the destructor ends the job,
+  /// since MPI_Finalize would wait for that rank for ever.
   void note_lost(int rank, const std::string& host, pid_t pid) {
     lost_ += (lost_.empty() ? "" : ", ") + std::to_string(rank) + " (host " + host + ")";
-    if (host == host_ && pid > 0) lost_here_.push_back(pid);
+    if (host == host_ && pid > 0)
+      lost_here_.push_back(pid);
+    else
+      lost_elsewhere_ = true;
   }
 
  private:
@@ -97,6 +100,7 @@ class session {
   int open_pools_ = 0;
   std::string lost_;               // the ranks rank 0 gave up on
   std::vector<pid_t> lost_here_;   // those of them on this host
+  bool lost_elsewhere_ = false;    // and on other hosts
 };
 
 // ---------------------------------------------------------------------------
@@ -132,13 +136,17 @@ inline session::~session() {
   if (finalized) return;
   if (!lost_.empty()) {
     std::fprintf(stderr,
-                 "procpool::mpi: rank(s) %s stopped answering; ending the job with MPI_Abort, "
-                 "since MPI_Finalize would wait for them\n",
+                 "procpool::mpi: rank(s) %s stopped answering; ending the job, since "
+                 "MPI_Finalize would wait for them\n",
                  lost_.c_str());
-    // A stopped process takes no SIGTERM: those on this host end now, so the
-    // launcher's teardown never waits for them.
+    // A stopped process takes no SIGTERM: those on this host are killed here,
+    // and the launcher, seeing a rank killed, ends the job, this process too.
+    // Only for ranks elsewhere is MPI_Abort the way (one ending at a time:
+    // Open MPI's launcher can hang when both happen at once).
     for (pid_t p : lost_here_) ::kill(p, SIGKILL);
-    MPI_Abort(MPI_COMM_WORLD, 1);
+    if (lost_elsewhere_) MPI_Abort(MPI_COMM_WORLD, 1);
+    for (int i = 0; i < 100; ++i) ::usleep(100'000);
+    std::_Exit(1);  // a launcher that goes on without the killed ranks
   }
   if (comm_ != MPI_COMM_NULL) {
     if (rank_ == 0) {

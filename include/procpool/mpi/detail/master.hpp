@@ -376,7 +376,7 @@ inline void master::terminate() noexcept {
 }
 
 /// terminate() waited in vain: the ranks that said nothing are lost, so that
-/// the session ends the job with MPI_Abort rather than wait in MPI_Finalize.
+/// the session ends the job rather than wait in MPI_Finalize.
 inline void master::give_up_on_silent() {
   for (auto& r : ranks_)
     if (!r.bye && !r.lost) {
@@ -694,7 +694,7 @@ inline void master::break_rank(serving& r, const std::exception_ptr& e) {
 
 /// Gives up on @p r: each unanswered item of its runs again on another rank
 /// while its chunk's attempts are within pool_options::retries, else fails
-/// with worker_lost. The session then ends the job with MPI_Abort, since
+/// with worker_lost. The session then ends the job, since
 /// MPI_Finalize would wait for that rank.
 inline void master::lose(serving& r) {
   r.lost = true;
