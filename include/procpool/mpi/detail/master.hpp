@@ -37,6 +37,7 @@
 #include "../../options.hpp"
 #include "../session.hpp"
 #include "code_address.hpp"
+#include "handshake.hpp"
 #include "remote_error.hpp"
 #include "transport.hpp"
 
@@ -46,19 +47,11 @@ using procpool::detail::chunk;
 using procpool::detail::job;
 using procpool::detail::task_message;
 
-/// A serving rank as rank 0 sees it.
-struct rank_info {
-  int rank = 0;
-  std::string host;
-  pid_t pid = 0;            // the serving process on that host
-  std::size_t workers = 0;  // its local pool's workers
-};
-
 class master {
  public:
-  /// Opens pool @p serial of F @p fn_name on every serving rank, then starts
-  /// the progress thread. @throws usage_error when a rank refuses or does not
-  /// answer within @p open_timeout.
+  /// Opens pool @p serial of F @p fn_name on every serving rank (handshake.hpp),
+  /// then starts the progress thread. @throws usage_error when a rank refuses
+  /// or does not answer within @p open_timeout.
   master(session& s, std::uint64_t serial, const std::string& fn_name, const pool_options& o,
          std::chrono::milliseconds open_timeout = std::chrono::seconds(60));
   ~master() {
@@ -194,68 +187,10 @@ inline master::master(session& s, std::uint64_t serial, const std::string& fn_na
   if (s.size() < 2)
     throw usage_error("procpool::mpi::Pool: one rank only; rank 0 hands out the work and the "
                       "other ranks run it: start two or more (mpirun -np 3 ./program)");
-  for (int r = 1; r < s.size(); ++r) {
-    byte_buffer m;
-    begin_message(m, kind::open, serial);
-    put_text(m, program_fingerprint());
-    put_text(m, fn_name);
-    seal(m);
-    t_.send(r, std::move(m));
-    ranks_.push_back(serving{rank_info{r, {}, 0, 0}, {}, 0, false, false, false});
-  }
-  // Every rank's answer; a refusal is this constructor's error.
-  const std::int64_t deadline = procpool::detail::deadline_after(open_timeout);
-  std::size_t answered = 0;
-  std::string refusal;
-  backoff idle;
-  byte_buffer msg;
-  while (answered < ranks_.size()) {
-    int src = 0;
-    t_.progress();
-    if (!t_.poll(src, msg)) {
-      if (procpool::detail::monotonic_ns() > deadline) {
-        std::string silent;
-        for (const auto& r : ranks_)
-          if (r.info.pid == 0) silent += (silent.empty() ? "" : ", ") + std::to_string(r.info.rank);
-        // Every rank, including one that opens late, stops serving this pool.
-        send_all(kind::terminate);
-        t_.flush(procpool::detail::deadline_after(std::chrono::seconds(1)));
-        throw usage_error("procpool::mpi::Pool: rank(s) " + silent + " did not build pool number " +
-                          std::to_string(serial) + " within " +
-                          std::to_string(open_timeout.count()) +
-                          " ms; build the same mpi::Pools in the same order on every rank");
-      }
-      std::this_thread::sleep_for(idle.next());
-      continue;
-    }
-    reader body(nullptr, 0);
-    const message_header h = open_message(msg, body);
-    if (h.pool != serial || src < 1 || src >= s.size()) continue;
-    serving& r = ranks_[static_cast<std::size_t>(src - 1)];
-    ++answered;
-    if (h.kind == static_cast<std::uint32_t>(kind::refused)) {
-      if (refusal.empty()) refusal = get_text(body);
-      r.info.pid = -1;
-      continue;
-    }
-    r.info.workers = static_cast<std::size_t>(body.read_value<std::uint64_t>());
-    r.info.pid = static_cast<pid_t>(body.read_value<std::int64_t>());
-    r.info.host = get_text(body);
-    workers_ += r.info.workers;
-  }
-  t_.flush();
-  for (auto& r : ranks_) r.last_heard_ns = procpool::detail::monotonic_ns();
-  if (!refusal.empty()) {
-    // The ranks that did open this pool stop serving it, as after terminate().
-    for (auto& r : ranks_)
-      if (r.info.pid > 0) {
-        byte_buffer m;
-        begin_message(m, kind::terminate, serial_);
-        seal(m);
-        t_.send(r.info.rank, std::move(m));
-      }
-    t_.flush(procpool::detail::deadline_after(std::chrono::seconds(1)));
-    throw usage_error(refusal);
+  const std::int64_t now = procpool::detail::monotonic_ns();
+  for (rank_info& r : open_pool(t_, s, serial, fn_name, open_timeout)) {
+    workers_ += r.workers;
+    ranks_.push_back(serving{std::move(r), {}, now, false, false, false});
   }
   thread_ = std::thread([this] { loop(); });
   ++s_.open_pools();

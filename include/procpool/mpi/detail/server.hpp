@@ -24,67 +24,22 @@
 #include "../../detail/posix.hpp"
 #include "../session.hpp"
 #include "code_address.hpp"
+#include "handshake.hpp"
 #include "relay_job.hpp"
 #include "transport.hpp"
 
 namespace procpool::mpi::detail {
-
-/// The refusal a serving rank sends when its pool is not the one rank 0
-/// opened; rank 0 throws it as usage_error. Built here only.
-inline std::string mismatch(int rank, const std::string& what) {
-  return "procpool::mpi::Pool: rank " + std::to_string(rank) + " " + what +
-         "; build the same mpi::Pools, with the same function, in the same order on every rank";
-}
 
 /// Serves pool @p serial of F @p fn_name with @p local until rank 0 closes or
 /// terminates it. @throws usage_error when rank 0 opened another pool.
 inline void serve(session& s, std::uint64_t serial, const std::string& fn_name,
                   procpool::detail::engine& local, std::size_t workers) {
   transport t(s.comm());
+  accept_pool(t, s, serial, fn_name, workers);
   byte_buffer msg;
   int src = 0;
   backoff idle;
-
-  // The handshake: rank 0's open for this pool.
-  for (;;) {
-    if (!t.poll(src, msg, 0)) {
-      std::this_thread::sleep_for(idle.next());
-      continue;
-    }
-    reader body(nullptr, 0);
-    const message_header h = open_message(msg, body);
-    if (h.kind == static_cast<std::uint32_t>(kind::ended))
-      throw usage_error(mismatch(s.rank(), "built pool number " + std::to_string(serial) +
-                                               ", which rank 0 never built (its session ended)"));
-    if (h.pool < serial) continue;  // the end of a pool served before
-    std::string refusal;
-    if (h.kind != static_cast<std::uint32_t>(kind::open) || h.pool != serial) {
-      refusal = mismatch(s.rank(), "built its pool number " + std::to_string(serial) +
-                                       " while rank 0 built its number " + std::to_string(h.pool));
-    } else {
-      const std::string fingerprint = get_text(body);
-      const std::string name = get_text(body);
-      if (const std::string mine = program_fingerprint(); fingerprint != mine)
-        refusal = mismatch(s.rank(), "runs another build of the program than rank 0 (" + mine +
-                                         "; rank 0's: " + fingerprint + ")");
-      else if (name != fn_name)
-        refusal = mismatch(s.rank(), "built a pool of " + fn_name + " where rank 0 built one of " + name);
-    }
-    byte_buffer m;
-    begin_message(m, refusal.empty() ? kind::opened : kind::refused, h.pool);
-    if (refusal.empty()) {
-      m.append_value(std::uint64_t{workers});
-      m.append_value(std::int64_t{::getpid()});
-      put_text(m, s.host());
-    } else {
-      put_text(m, refusal);
-    }
-    seal(m);
-    t.send(0, std::move(m));
-    t.flush();
-    if (!refusal.empty()) throw usage_error(refusal);
-    break;
-  }
+  idle.reset();  // rank 0's first chunks are on their way
 
   std::vector<byte_buffer> outbox;
   // However this ends, the local pool stops here, while the outbox its jobs
@@ -105,8 +60,6 @@ inline void serve(session& s, std::uint64_t serial, const std::string& fn_name,
     t.send(0, std::move(m));
     last_said = procpool::detail::monotonic_ns();
   };
-  idle.reset();
-
   for (;;) {
     bool busy = false;
     // 1. What rank 0 sent.
