@@ -109,7 +109,7 @@ TEST_CASE("express lane: calls from three threads while workers are killed and r
 TEST_CASE("express lane: a worker that dies running the call fails it with worker_lost",
           "[failure][express]") {
   if (!have_two_cpus()) return;
-  watchdog wd(60s);
+  watchdog wd(110s);  // three calls of express_call_after, each up to 30 s
   auto f = [](int i) {
     if (i < 0) ::kill(::getpid(), SIGKILL);
     return i + 1;
