@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -254,6 +255,66 @@ TEST_CASE("mpi: a rank whose initializer fails gets no more work; the other rank
   }
   REQUIRE(failed > 0);
   REQUIRE(pool.map(iota_vec(200)) == iota_vec(200));  // all on rank 1 now
+}
+
+TEST_CASE("mpi: done callbacks run once, with the value or the error, waited for or not") {
+  mpi::Pool pool([](int x) {
+    if (x < 0) throw std::runtime_error("negative");
+    std::this_thread::sleep_for(std::chrono::milliseconds(x));
+    return x;
+  });
+  if (!pool.is_master()) return;
+  // Nobody waits: the progress thread runs it.
+  std::atomic<int> seen{0};
+  auto a = pool.apply_async(50);
+  a.add_done_callback([&](const int& v) { seen = v; });
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (seen.load() == 0 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+  REQUIRE(seen.load() == 50);
+  REQUIRE(a.get() == 50);
+  // The error callback, for a task that throws; get() still throws the task's error.
+  std::atomic<bool> failed{false};
+  auto b = pool.apply_async(-1);
+  b.add_done_callback([](const int&) { FAIL("value callback for a failed call"); },
+                      [&](std::exception_ptr e) { failed = e != nullptr; });
+  REQUIRE_THROWS_AS(b.get(), procpool::task_error);
+  REQUIRE(failed.load());
+  // Added once the result is there: runs before add_done_callback returns.
+  auto c = pool.apply_async(1);
+  c.wait();
+  int direct = 0;
+  c.add_done_callback([&](const int& v) { direct = v; });
+  REQUIRE(direct == 1);
+  // A callback that throws: get() throws callback_error with it nested.
+  auto d = pool.map_async(std::vector<int>{1, 2});
+  d.add_done_callback([](const std::vector<int>&) { throw std::logic_error("in callback"); });
+  try {
+    (void)d.get();
+    FAIL("no callback_error");
+  } catch (const procpool::callback_error& e) {
+    REQUIRE_THROWS_AS(std::rethrow_if_nested(e), std::logic_error);
+  }
+  // A callback that calls the pool and waits for it, on the progress thread.
+  std::atomic<int> chained{0};
+  auto f = pool.apply_async(5);
+  f.add_done_callback([&](const int& v) { chained = pool.apply(v + 1); });
+  f.wait();
+  REQUIRE(chained.load() == 6);
+  // terminate() fails what is unfinished, and runs its error callbacks before it returns.
+  std::atomic<bool> terminated{false};
+  auto g = pool.apply_async(5'000);
+  g.add_done_callback([](const int&) {},
+                      [&](std::exception_ptr e) {
+                        try {
+                          std::rethrow_exception(e);
+                        } catch (const procpool::pool_terminated&) {
+                          terminated = true;
+                        } catch (...) {
+                        }
+                      });
+  std::this_thread::sleep_for(100ms);
+  pool.terminate();
+  REQUIRE(terminated.load());
 }
 
 TEST_CASE("mpi: a 300 MiB argument crosses in pieces") {

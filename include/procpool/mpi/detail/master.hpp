@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -85,6 +86,15 @@ class master {
   }
   /// True in the process that built the pool.
   bool owned_here() const noexcept { return ::getpid() == pid_; }
+  /// Calls @p fire without the lock once @p j is complete: on the progress
+  /// thread, or here at once when it is complete already, or in close()/
+  /// terminate() for what is left when the progress thread has stopped.
+  void when_done(const std::shared_ptr<job>& j, std::function<void()> fire);
+  /// Wakes the callers waiting in run_until (a callback has run).
+  void notify_callers() {
+    std::lock_guard lk(m_);
+    done_.notify_all();
+  }
 
   void close();
   void join();
@@ -121,6 +131,9 @@ class master {
 
   void loop() noexcept;
   bool turn() noexcept;
+  void fire_ready(std::unique_lock<std::mutex>& lk, bool all);
+  bool wait_stopped(std::unique_lock<std::mutex>& lk, std::int64_t deadline);
+  bool on_progress_thread() const noexcept { return std::this_thread::get_id() == thread_.get_id(); }
   bool pump();
   void handle(int src, byte_buffer& msg);
   bool dispatch();
@@ -169,6 +182,11 @@ class master {
   std::deque<std::shared_ptr<job>> jobs_;  // still handing out input
   std::vector<std::shared_ptr<job>> live_;  // not complete (for join and terminate)
   std::deque<chunk> requeued_;             // taken back from a rank: sent first
+  struct watched {
+    std::shared_ptr<job> j;
+    std::function<void()> fire;
+  };
+  std::vector<watched> watched_;  // done callbacks waiting for their jobs
   std::uint64_t next_id_ = 0;
   std::size_t revoking_ = 0;  // revokes sent and not yet answered
   std::thread thread_;
@@ -237,7 +255,8 @@ bool master::run_until(Done done, std::int64_t deadline) {
       stop_spinning();
       return false;
     }
-    if (!stop_ && now - since < backoff::spin_ns) {
+    // A callback waiting on the progress thread drives all along: nobody else will.
+    if (!stop_ && (now - since < backoff::spin_ns || on_progress_thread())) {
       if (!spinning) spinning = true, ++spinning_callers_;
       if (turn()) {
         done_.notify_all();
@@ -280,12 +299,14 @@ inline void master::join() {
     wake_.notify_one();
     // The progress thread sends close once every job is complete, and stops
     // when every rank has said bye.
-    done_.wait(lk, [&] { return stop_; });
+    wait_stopped(lk, std::numeric_limits<std::int64_t>::max());
     phase_ = phase::joined;
     --s_.open_pools();
   }
   lk.unlock();
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable() && !on_progress_thread()) thread_.join();
+  lk.lock();
+  fire_ready(lk, true);
 }
 
 inline void master::terminate() noexcept {
@@ -301,13 +322,69 @@ inline void master::terminate() noexcept {
       poked_ = true;
       wake_.notify_one();
       // Until every rank said bye, or 10 s: a rank that is gone cannot answer.
-      if (!done_.wait_for(lk, std::chrono::seconds(10), [&] { return stop_; }))
+      if (!wait_stopped(lk, procpool::detail::deadline_after(std::chrono::seconds(10))))
         give_up_on_silent();
       stop_ = true;
       wake_.notify_one();
     }
   }
-  if (thread_.joinable()) thread_.join();
+  // A callback that terminates its pool runs on the progress thread: it ends
+  // when the callback returns.
+  if (thread_.joinable() && !on_progress_thread()) thread_.join();
+  // What the terminate failed: its callbacks run here, before this returns.
+  std::unique_lock lk(m_);
+  fire_ready(lk, true);
+}
+
+/// Waits until the progress thread has stopped (every rank said bye), or
+/// @p deadline; on the progress thread itself (a callback closing its pool),
+/// drives instead. True when stopped.
+inline bool master::wait_stopped(std::unique_lock<std::mutex>& lk, std::int64_t deadline) {
+  while (!stop_) {
+    const std::int64_t now = procpool::detail::monotonic_ns();
+    if (now >= deadline) return false;
+    if (on_progress_thread()) {
+      if (!turn()) {
+        lk.unlock();
+        std::this_thread::yield();
+        lk.lock();
+      }
+      continue;
+    }
+    const std::int64_t until = std::min(deadline, now + std::int64_t{1'000'000'000});
+    done_.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(until)));
+  }
+  return true;
+}
+
+inline void master::when_done(const std::shared_ptr<job>& j, std::function<void()> fire) {
+  {
+    std::lock_guard lk(m_);
+    if (!j->complete()) {
+      watched_.push_back(watched{j, std::move(fire)});
+      return;
+    }
+  }
+  fire();
+}
+
+/// Runs the callbacks of the watched jobs that are complete (@p all: every
+/// watched one, the pool being over), without the lock.
+inline void master::fire_ready(std::unique_lock<std::mutex>& lk, bool all) {
+  std::vector<watched> ready;
+  for (auto it = watched_.begin(); it != watched_.end();) {
+    if (all || it->j->complete()) {
+      ready.push_back(std::move(*it));
+      it = watched_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (ready.empty()) return;
+  lk.unlock();
+  for (auto& w : ready) w.fire();  // fire() catches what the callbacks throw
+  lk.lock();
+  done_.notify_all();
 }
 
 /// terminate() waited in vain: the ranks that said nothing are lost, so that
@@ -354,6 +431,7 @@ inline void master::loop() noexcept {
     const bool moved = turn();
     if (moved) {
       done_.notify_all();
+      if (!watched_.empty()) fire_ready(lk, false);
       idle.reset();
       continue;
     }
