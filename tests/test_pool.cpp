@@ -13,7 +13,6 @@
 #include <catch2/catch.hpp>
 
 #include "support/common.hpp"
-#include "support/express.hpp"
 #include "support/proc.hpp"
 #include "support/shared.hpp"
 #include "support/watchdog.hpp"
@@ -1627,108 +1626,4 @@ TEST_CASE("pool: a predicate returning bool", "[pool][types]") {
   procpool::Pool pool([](int x) { return x % 3 == 0; }, 2);
   CHECK(pool.map(std::vector<int>{0, 1, 2, 3}) == std::vector<bool>{true, false, false, true});
   CHECK(pool.apply_async(4).get() == false);
-}
-
-
-namespace {
-
-/// One callable with overloads for each shape of express call.
-struct express_fn {
-  int operator()(int x) const {
-    if (x == -1) throw std::invalid_argument("odd one out");
-    if (x == -2) throw std::runtime_error(std::string(5000, 'x'));
-    return x * x;
-  }
-  double operator()(int a, double b) const { return a * b; }
-  bool operator()(bool b) const { return !b; }
-  void operator()(char) const {}
-  std::string operator()(std::string s) const { return s + "!"; }
-};
-
-}  // namespace
-
-TEST_CASE("pool: apply_async's express lane gives the same answers and errors", "[pool][express]") {
-  if (!have_two_cpus()) return;
-  procpool::Pool pool(express_fn{}, 2);
-
-  auto r = express_call(pool, 7);
-  REQUIRE(r);
-  CHECK(r->get() == 49);
-  CHECK_FALSE(r->express());
-  CHECK_THROWS_AS(r->get(), procpool::usage_error);
-
-  auto two = express_call(pool, 3, 0.5);
-  REQUIRE(two);
-  CHECK(two->get() == 1.5);
-  auto b = express_call(pool, true);
-  REQUIRE(b);
-  CHECK(b->get() == false);
-  auto v = express_call(pool, 'c');
-  REQUIRE(v);
-  v->get();
-
-  auto w = express_call(pool, 5);
-  REQUIRE(w);
-  CHECK(w->wait_for(10s));
-  CHECK(w->ready());
-  CHECK(w->get() == 25);
-
-  auto e = express_call(pool, -1);
-  REQUIRE(e);
-  try {
-    (void)e->get();
-    FAIL("no task_error");
-  } catch (const procpool::task_error& x) {
-    CHECK(x.index() == 0);
-    CHECK(x.type_name() == "std::invalid_argument");
-    CHECK(x.message() == "odd one out");
-  }
-  // A message too long for the cell is cut, and says so.
-  auto big = express_call(pool, -2);
-  REQUIRE(big);
-  try {
-    (void)big->get();
-    FAIL("no task_error");
-  } catch (const procpool::task_error& x) {
-    CHECK(x.type_name() == "std::runtime_error");
-    CHECK_THAT(x.message(), StartsWith("xxxxxxxx"));
-    CHECK_THAT(x.message(), Catch::Matchers::EndsWith("..."));
-    CHECK(x.message().size() < 1024);
-  }
-  CHECK(pool.apply_async(6).get() == 36);  // and the pool goes on
-
-  // Values of no fixed size never take the lane, nor does a pool that counts
-  // items per worker (max_tasks_per_child) or reruns them (retries).
-  procpool::Pool counted(express_fn{}, procpool::pool_options{.processes = 2, .max_tasks_per_child = 100000});
-  procpool::Pool retried(express_fn{}, procpool::pool_options{.processes = 2, .retries = 1});
-  for (int i = 0; i < 300; ++i) {
-    auto s = pool.apply_async(std::string("a"));
-    CHECK_FALSE(s.express());
-    CHECK(s.get() == "a!");
-    auto c = counted.apply_async(i);
-    CHECK_FALSE(c.express());
-    CHECK(c.get() == i * i);
-    auto t = retried.apply_async(i);
-    CHECK_FALSE(t.express());
-    CHECK(t.get() == i * i);
-  }
-}
-
-TEST_CASE("pool: express and queued calls from several threads all get their own answers",
-          "[pool][express]") {
-  procpool::Pool pool(express_fn{}, 2);
-  std::atomic<int> wrong{0}, express{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 3; ++t)
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 3000; ++i) {
-        const int x = t * 10000 + i;
-        auto r = pool.apply_async(x);
-        express += r.express();
-        if (r.get() != x * x) ++wrong;
-      }
-    });
-  for (auto& th : threads) th.join();
-  CHECK(wrong == 0);
-  std::fprintf(stderr, "[express] %d of 9000 calls took the express lane\n", express.load());
 }

@@ -17,27 +17,21 @@ inline bool have_two_cpus() {
   return false;
 }
 
-/// Calls warm(), then pool.apply_async(args...), until a call takes the express
-/// lane (a worker must be polling on another CPU: a warm-up call answered just
-/// before keeps the workers polling), for at most 30 s; nullopt if none did.
-/// The calls that did not take it are waited for. 30 s, not 10: under ASan,
-/// beside another test on the two CPUs, 10 s of tries once found no polling worker.
-template <class Pool, class Warm, class... Args>
-auto express_call_after(Pool& pool, Warm warm, const Args&... args)
+/// Calls pool.apply_async(args...) until a call takes the express lane (a
+/// worker must be polling on another CPU: the answer to the call before keeps
+/// the workers polling), for at most 30 s; nullopt if none did. The calls that
+/// did not take it are waited for. 30 s, not 10: under ASan, beside another
+/// test on the two CPUs, 10 s of tries once found no polling worker.
+template <class Pool, class... Args>
+auto express_call(Pool& pool, const Args&... args)
     -> std::optional<decltype(pool.apply_async(args...))> {
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < until) {
-    warm();
     auto r = pool.apply_async(args...);
     if (r.express()) return r;
     r.wait();
   }
   return std::nullopt;
-}
-
-template <class Pool, class... Args>
-auto express_call(Pool& pool, const Args&... args) {
-  return express_call_after(pool, [] {}, args...);
 }
 
 }  // namespace procpool_test
