@@ -49,11 +49,17 @@ class JoinableQueue : private Queue<T> {
       : base(o, who), books_(who, detail::task_ledger::extra_bytes()), me_(std::make_shared<local>()) {}
 
   using base::close;
-  using base::empty;
-  using base::full;
   using base::put;
   using base::put_nowait;
-  using base::qsize;
+
+  /// Whole items in the queue (approximate while others put and get). A
+  /// process that died putting or getting is settled first.
+  std::size_t qsize() const noexcept {
+    bool unused = false;
+    return this->settled_qsize(detail::task_ledger::hooks{books_.get(), 0, &unused});
+  }
+  bool empty() const noexcept { return qsize() == 0; }
+  bool full() const noexcept { return this->ch_.maxsize() && qsize() >= this->ch_.maxsize(); }
 
   /// Takes the oldest item, waiting for one; the caller owes task_done() for
   /// it. @throws closed_error when closed and empty; decode_error when its

@@ -157,8 +157,9 @@ class Queue {
   /// An item if one is there now (Python's get_nowait, which raises Empty).
   std::optional<T> get_nowait() { return get_until(-1); }
 
-  /// Whole items in the queue (approximate while others put and get).
-  std::size_t qsize() const noexcept { return ch_.qsize(); }
+  /// Whole items in the queue (approximate while others put and get). A
+  /// process that died putting or getting is settled first.
+  std::size_t qsize() const noexcept { return settled_qsize(detail::no_get_hooks{}); }
   bool empty() const noexcept { return qsize() == 0; }
   bool full() const noexcept { return ch_.maxsize() && qsize() >= ch_.maxsize(); }
   /// No more puts, in any process; gets take what is left, then throw closed_error.
@@ -169,8 +170,19 @@ class Queue {
   static constexpr std::int64_t forever = std::numeric_limits<std::int64_t>::max();
   bool put_until(const T& v, std::int64_t deadline) { return detail::put_item(ch_, v, deadline); }
   std::optional<T> get_until(std::int64_t deadline) { return detail::get_item<T>(ch_, deadline); }
+  /// qsize after settling a producer or consumer that died holding its lock
+  /// (@p hooks: the consumers' books, as in get).
+  template <class Hooks>
+  std::size_t settled_qsize(Hooks hooks) const noexcept {
+    try {
+      ch_.settle_dead_writer();
+      ch_.settle_dead_reader(hooks);
+    } catch (...) {  // a lock that cannot be taken: the count as it is
+    }
+    return ch_.qsize();
+  }
 
-  detail::queue_channel ch_;
+  mutable detail::queue_channel ch_;  // qsize() settles dead peers' counts
 };
 
 /// Python's SimpleQueue: a Queue without a size limit.

@@ -35,6 +35,7 @@
 
 #include <sys/types.h>
 
+#include "detail/crash_point.hpp"
 #include "detail/posix.hpp"
 #include "detail/robust_mutex.hpp"
 #include "detail/shared_block.hpp"
@@ -207,6 +208,7 @@ bool basic_semaphore<Bounded>::take(std::int64_t deadline) {
       if (slot == s.slots_used) ++s.slots_used;
       holders()[slot].pid = me;
       ++holders()[slot].units;
+      detail::reached(detail::crash_point::semaphore_changing);
       s.value.store(v - 1);
       journal_done();
       unlock_state();

@@ -22,8 +22,9 @@
 //   it); the next consumer drops the rest of it, as any chunk of an item
 //   whose first chunk it did not read.
 // - qsize is written - taken, each counted by its side after publishing and
-//   before consuming a last chunk: a death in between leaves it low by one,
-//   never high.
+//   before consuming a last chunk, so a death in between leaves it low by one
+//   (never high) until the next holder of that side's lock, or qsize(),
+//   repairs the count from the ring's position (message_count).
 // - A wait for a message to begin honours the caller's deadline; a message
 //   that has begun is read to its end or to its producer's death.
 
@@ -36,6 +37,7 @@
 
 #include "../errors.hpp"
 #include "buffer.hpp"
+#include "crash_point.hpp"
 #include "posix.hpp"
 #include "ring.hpp"
 #include "robust_mutex.hpp"
@@ -55,6 +57,39 @@ struct queue_chunk {
 };
 static_assert(sizeof(queue_chunk) == 24 && std::is_trivially_copyable_v<queue_chunk>);
 
+/// One side's count of whole messages (written, or taken), kept exact across
+/// the death of the process counting: it notes first where in the ring the
+/// message ends and what the count becomes, and the next holder of the side's
+/// lock, finding that process dead, settles the count from the ring's
+/// position (repair).
+struct message_count {
+  std::atomic<std::uint64_t> n;    // whole messages counted
+  std::atomic<std::uint64_t> end;  // the ring position the message being counted ends at; 0: none
+  std::atomic<std::uint64_t> to;   // n once it is counted
+
+  std::uint64_t value() const noexcept { return n.load(std::memory_order_acquire); }
+  /// Notes the count to make, of a message ending at position @p at.
+  void begin(std::uint64_t at) noexcept {
+    to.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    end.store(at, std::memory_order_release);
+  }
+  void count() noexcept { n.store(to.load(std::memory_order_relaxed), std::memory_order_release); }
+  void done() noexcept { end.store(0, std::memory_order_release); }
+  /// Under the side's lock, its last holder dead, the side at position @p pos:
+  /// a message the ring went past is counted, one it did not is not (the
+  /// producer had not published it, or the next consumer reads it again).
+  void repair(std::uint64_t pos) noexcept {
+    const std::uint64_t e = end.load(std::memory_order_relaxed);
+    if (e == 0) return;
+    const std::uint64_t t = to.load(std::memory_order_relaxed);
+    const std::uint64_t v = n.load(std::memory_order_relaxed);
+    if (pos >= e && v + 1 == t) n.store(t, std::memory_order_release);
+    if (pos < e && v == t) n.store(t - 1, std::memory_order_release);
+    done();
+  }
+};
+static_assert(sizeof(message_count) == 24);
+
 /// The shared part of a queue, followed by its ring's bytes. What producers
 /// write and what consumers write lie on cache lines of their own.
 struct queue_shared {
@@ -62,10 +97,10 @@ struct queue_shared {
   alignas(64) robust_mutex put_lock;
   std::atomic<std::uint64_t> next_id;  // under put_lock
   std::atomic<std::uint64_t> put_id;   // the message of several chunks being written; 0: none
-  std::atomic<std::uint64_t> written;  // whole messages written (their last chunk)
+  message_count written;               // whole messages written (their last chunk)
   // Consumers' side.
   alignas(64) robust_mutex get_lock;
-  std::atomic<std::uint64_t> taken;   // whole messages read, or skipped (their last chunk)
+  message_count taken;  // whole messages read, or skipped (their last chunk)
   // Both.
   alignas(64) std::atomic<std::uint32_t> closed;
   ring_control ring;
@@ -145,17 +180,24 @@ class queue_channel {
   template <class Hooks>
   bool settle_dead_reader(Hooks hooks);
 
+  /// Takes put_lock if no one holds it, so that a producer that died
+  /// holding it is seen though no other producer comes (its count repaired,
+  /// its unfinished message ended). True when it had the lock.
+  bool settle_dead_writer();
+
+  /// Whole messages in the queue; low by one while a death on either side is
+  /// not settled yet (settle_dead_writer, settle_dead_reader).
   std::size_t qsize() const noexcept {
     // Taken may pass written for a moment (a consumer counts before the
-    // producer does), or for good by one after a death: clamped at 0.
-    const std::uint64_t t = state_->taken.load(std::memory_order_acquire);
-    const auto n = static_cast<std::int64_t>(state_->written.load(std::memory_order_acquire) - t);
+    // producer does): clamped at 0.
+    const std::uint64_t t = state_->taken.value();
+    const auto n = static_cast<std::int64_t>(state_->written.value() - t);
     return n > 0 ? static_cast<std::size_t>(n) : 0;
   }
   std::size_t maxsize() const noexcept { return maxsize_; }
   /// Whole messages put so far (a producer that died just after publishing
   /// its last one may have left it uncounted).
-  std::uint64_t written() const noexcept { return state_->written.load(std::memory_order_acquire); }
+  std::uint64_t written() const noexcept { return state_->written.value(); }
   /// No more puts, anywhere; gets drain what is there, then throw closed_error.
   void close() noexcept {
     state_->closed.store(1, std::memory_order_release);
@@ -175,12 +217,11 @@ class queue_channel {
   template <class Ready>
   static bool wait_on(event& e, std::int64_t until, Ready ready);
   void write_chunk(std::uint32_t flags, std::uint64_t id, queue_piece x = {}, queue_piece y = {});
-  /// Under put_lock, after its holder died: ends the message it was writing.
+  /// Under put_lock, after its holder died: settles its count and ends the
+  /// message it was writing.
   void abort_dead_put();
-  /// Under get_lock: one more message read or skipped.
-  void count_taken() noexcept {
-    state_->taken.store(state_->taken.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-  }
+  /// Under get_lock, after its holder died: settles its count.
+  void repair_dead_get() noexcept { state_->taken.repair(ring().read_position()); }
   /// Under get_lock, mid-message @p id with no chunk to read: true when the
   /// message can never end (its producer died), and then it was dropped.
   bool producer_gone(std::uint64_t id);
@@ -254,6 +295,7 @@ inline void queue_channel::write_chunk(std::uint32_t flags, std::uint64_t id, qu
 }
 
 inline void queue_channel::abort_dead_put() {
+  state_->written.repair(ring().written_position());  // before an abort chunk moves it
   const std::uint64_t id = state_->put_id.load(std::memory_order_relaxed);
   if (id == 0) return;
   state_->put_id.store(0, std::memory_order_relaxed);
@@ -316,11 +358,16 @@ bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline, Ali
     } else {
       x = {b.p + (done - a.n), k};
     }
-    write_chunk(flags, id, x, y);
     // Counted after it is published: a producer dying between the two leaves
     // qsize low, never high (so a put below maxsize never waits for nothing).
-    if (flags & queue_chunk::last)
-      s.written.store(s.written.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    const bool last = flags & queue_chunk::last;
+    if (last) s.written.begin(ring().written_position() + sizeof(queue_chunk) + k);
+    write_chunk(flags, id, x, y);
+    if (last) {
+      reached(crash_point::queue_published);
+      s.written.count();
+      s.written.done();
+    }
     done += k;
   } while (done < n);
   if (n > most) s.put_id.store(0, std::memory_order_relaxed);
@@ -331,7 +378,10 @@ inline bool queue_channel::producer_gone(std::uint64_t id) {
   queue_shared& s = *state_;
   const lock_result got = s.put_lock.lock_until(-1, who_);
   if (got == lock_result::timed_out) return false;  // a producer holds it: it lives
-  if (got == lock_result::acquired_holder_died && s.put_id.load() == id) s.put_id.store(0);
+  if (got == lock_result::acquired_holder_died) {
+    s.written.repair(ring().written_position());
+    if (s.put_id.load() == id) s.put_id.store(0);
+  }
   // Held, nothing can be published: a chunk there now came before the lock
   // was free (a producer that finished), and is read first.
   const bool more = ring().readable() > 0;
@@ -343,8 +393,19 @@ template <class Hooks>
 bool queue_channel::settle_dead_reader(Hooks hooks) {
   const lock_result got = state_->get_lock.lock_until(-1, who_);
   if (got == lock_result::timed_out) return false;
-  if (got == lock_result::acquired_holder_died) hooks.reader_died(unread_first());
+  if (got == lock_result::acquired_holder_died) {
+    repair_dead_get();
+    hooks.reader_died(unread_first());
+  }
   state_->get_lock.unlock(who_);
+  return true;
+}
+
+inline bool queue_channel::settle_dead_writer() {
+  const lock_result got = state_->put_lock.lock_until(-1, who_);
+  if (got == lock_result::timed_out) return false;
+  if (got == lock_result::acquired_holder_died) abort_dead_put();
+  state_->put_lock.unlock(who_);
   return true;
 }
 
@@ -358,7 +419,10 @@ bool queue_channel::get(Sink& out, std::int64_t deadline, Hooks hooks) {
     const char* who;
     ~release() { m.unlock(who); }
   } unlock_at_end{s.get_lock, who_};
-  if (got == lock_result::acquired_holder_died) hooks.reader_died(unread_first());
+  if (got == lock_result::acquired_holder_died) {
+    repair_dead_get();
+    hooks.reader_died(unread_first());
+  }
   // The rest of an item a dead consumer was reading, like any chunk of an
   // item whose first chunk is not read here, is consumed and dropped.
   std::uint64_t cur = 0;  // the message being read here; 0: none begun
@@ -415,8 +479,12 @@ bool queue_channel::get(Sink& out, std::int64_t deadline, Hooks hooks) {
       } catch (...) {
         // This consumer cannot take the item (no memory for it, or its bytes
         // do not decode): it is dropped, so that it stops nobody else.
-        if (h.flags & queue_chunk::last) count_taken();
+        if (h.flags & queue_chunk::last) {
+          s.taken.begin(r.read_position() + sizeof h + h.len);
+          s.taken.count();
+        }
         r.consume(sizeof h + h.len);
+        s.taken.done();
         hooks.dropped();
         s.space.notify();
         throw;
@@ -425,8 +493,14 @@ bool queue_channel::get(Sink& out, std::int64_t deadline, Hooks hooks) {
     // Every last chunk consumed is counted, read or dropped, as written counted
     // it; before the consume, so that a consumer dying between the two leaves
     // qsize low (the next one reads the chunk again), never high.
-    if (h.flags & queue_chunk::last) count_taken();
+    const bool last = h.flags & queue_chunk::last;
+    if (last) {
+      s.taken.begin(r.read_position() + sizeof h + h.len);
+      s.taken.count();
+      reached(crash_point::queue_counted);
+    }
     r.consume(sizeof h + h.len);
+    if (last) s.taken.done();
     const bool whole = mine && (h.flags & queue_chunk::last);
     if (whole) hooks.taken();
     s.space.notify();  // after the count: a put waiting below maxsize sees it

@@ -152,6 +152,8 @@ class byte_ring {
     if (nc) copy_in(cap, static_cast<std::size_t>(head + na + nb) & (cap - 1), c, nc);
     c_->head.store(head + na + nb + nc, std::memory_order_release);
   }
+  /// Bytes ever written: where the next write begins.
+  std::uint64_t written_position() const noexcept { return c_->head.load(std::memory_order_relaxed); }
   /// Publishes @p n bytes written at write_space() (n <= what it said).
   void commit(std::size_t n) noexcept {
     c_->head.store(c_->head.load(std::memory_order_relaxed) + n, std::memory_order_release);
@@ -163,6 +165,8 @@ class byte_ring {
     const std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
     return static_cast<std::size_t>(c_->head.load(std::memory_order_acquire) - tail);
   }
+  /// Bytes ever read: where the next read begins.
+  std::uint64_t read_position() const noexcept { return c_->tail.load(std::memory_order_relaxed); }
   /// Readable bytes where they lie: [a, a + na), then [b, b + nb) when they
   /// wrap around the end.
   struct pieces {
