@@ -211,7 +211,7 @@ class queue_channel {
   static constexpr std::int64_t probe_ns = peer_probe_ns;
 
   byte_ring ring() const noexcept {
-    return byte_ring(&state_->ring, static_cast<char*>(state_.extra()), ring_bytes_);
+    return byte_ring(&state_->ring, static_cast<char*>(state_.extra()), ring_bytes_, true);
   }
   /// Waits on @p e until @p ready() or @p until; true when ready.
   template <class Ready>
@@ -238,6 +238,10 @@ class queue_channel {
   std::size_t maxsize_;
   const char* who_;
   shared_block<queue_shared> state_;
+  // Positions of the other side this process saw last (byte_ring::writable_for,
+  // readable_for), each used under its side's lock.
+  std::uint64_t seen_tail_ = 0;  // the producers' view
+  std::uint64_t seen_head_ = 0;  // the consumers' view
 };
 
 // ---------------------------------------------------------------------------
@@ -326,7 +330,8 @@ bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline, Ali
   if (closed()) throw usage_error(std::string(who_) + "::put: the queue was closed (close()); no more items can be put");
   const std::size_t reserve = sizeof(queue_chunk);  // an abort chunk always fits
   const std::size_t most = ring_bytes_ / 4 - sizeof(queue_chunk);
-  const std::uint64_t id = s.next_id.fetch_add(1, std::memory_order_relaxed) + 1;
+  const std::uint64_t id = s.next_id.load(std::memory_order_relaxed) + 1;  // under put_lock
+  s.next_id.store(id, std::memory_order_relaxed);
   // One chunk is published with one store: only a message of several needs
   // its id noted, for whoever finds its producer dead.
   if (n > most) s.put_id.store(id, std::memory_order_relaxed);
@@ -334,7 +339,7 @@ bool queue_channel::put(queue_piece a, queue_piece b, std::int64_t deadline, Ali
   do {
     const std::size_t k = n - done < most ? n - done : most;
     const std::size_t need = sizeof(queue_chunk) + k + reserve;
-    const auto room = [&] { return ring().writable() >= need; };
+    const auto room = [&] { return ring().writable_for(need, seen_tail_); };
     // Room now is the common case: no clock read for it.
     bool ready = room();
     while (!ready) {
@@ -431,9 +436,9 @@ bool queue_channel::get(Sink& out, std::int64_t deadline, Hooks hooks) {
   for (;;) {
     queue_chunk h{};
     const auto whole_chunk = [&] {
-      if (r.readable() < sizeof h) return false;
+      if (!r.readable_for(sizeof h, seen_head_)) return false;
       r.spans(sizeof h).copy(0, &h, sizeof h);
-      return r.readable() >= sizeof h + h.len;
+      return r.readable_for(sizeof h + h.len, seen_head_);
     };
     if (!whole_chunk()) {
       if (cur == 0) {

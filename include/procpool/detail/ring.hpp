@@ -73,19 +73,25 @@ struct ring_control {
   alignas(64) std::atomic<std::uint64_t> tail{0};  // written by the consumer
 };
 
-/// One process's view of a ring (capacity a power of two). Each side reads
-/// the other side's position afresh every time, never a cached copy: a side
-/// waiting for a few more bytes than a cache holds (a 16-byte header of which
-/// 14 arrived) would wait forever if the cache were refreshed only when it
-/// says "empty" (or "full").
+/// One process's view of a ring (capacity a power of two). writable() and
+/// readable() read the other side's position afresh; writable_for() and
+/// readable_for() only when the position the caller saw last (a bound the
+/// other side has passed, as positions only grow) leaves too few bytes, so a
+/// side that is behind takes many messages per look at the other's cache
+/// line. A cache refreshed only when it says "empty" (or "full") would not
+/// do: a side waiting for a few more bytes than it holds (a 16-byte header of
+/// which 14 arrived) would wait for ever.
 class byte_ring {
  public:
   byte_ring() = default;
-  byte_ring(ring_control* c, char* data, std::size_t capacity) noexcept
-      : c_(c), data_(data), max_(capacity) {}
+  /// A view of ring @p c with @p capacity bytes at @p data; @p fixed: it never
+  /// starts small (ring_control::size is not read).
+  byte_ring(ring_control* c, char* data, std::size_t capacity, bool fixed = false) noexcept
+      : c_(c), data_(data), max_(capacity), fixed_(fixed) {}
 
   /// Bytes in use now (see ring_control::size).
   std::size_t capacity() const noexcept {
+    if (fixed_) return max_;
     const std::uint64_t n = c_->size.load(std::memory_order_relaxed);
     return n ? static_cast<std::size_t>(n) : max_;
   }
@@ -111,6 +117,16 @@ class byte_ring {
   std::size_t writable() const noexcept {
     const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
     return capacity() - static_cast<std::size_t>(head - c_->tail.load(std::memory_order_acquire));
+  }
+  /// At least @p need bytes can be written now, judged first from @p seen_tail
+  /// (a read position the consumer had reached), then, if that leaves too
+  /// few, from its position now (stored in @p seen_tail).
+  bool writable_for(std::size_t need, std::uint64_t& seen_tail) const noexcept {
+    const std::uint64_t head = c_->head.load(std::memory_order_relaxed);
+    const std::size_t cap = capacity();
+    if (head - seen_tail <= cap && cap - (head - seen_tail) >= need) return true;
+    seen_tail = c_->tail.load(std::memory_order_acquire);
+    return cap - static_cast<std::size_t>(head - seen_tail) >= need;
   }
   /// Writes up to @p n bytes; returns how many.
   std::size_t write_some(const char* p, std::size_t n) noexcept {
@@ -164,6 +180,15 @@ class byte_ring {
   std::size_t readable() const noexcept {
     const std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
     return static_cast<std::size_t>(c_->head.load(std::memory_order_acquire) - tail);
+  }
+  /// At least @p need bytes can be read now, judged first from @p seen_head (a
+  /// write position the producer had reached), then, if that leaves too few,
+  /// from its position now (stored in @p seen_head).
+  bool readable_for(std::size_t need, std::uint64_t& seen_head) const noexcept {
+    const std::uint64_t tail = c_->tail.load(std::memory_order_relaxed);
+    if (seen_head >= tail && seen_head - tail >= need) return true;
+    seen_head = c_->head.load(std::memory_order_acquire);
+    return seen_head - tail >= need;
   }
   /// Bytes ever read: where the next read begins.
   std::uint64_t read_position() const noexcept { return c_->tail.load(std::memory_order_relaxed); }
@@ -237,6 +262,7 @@ class byte_ring {
   ring_control* c_ = nullptr;
   char* data_ = nullptr;
   std::size_t max_ = 0;
+  bool fixed_ = false;
 };
 
 }  // namespace procpool::detail
