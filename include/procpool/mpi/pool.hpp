@@ -6,6 +6,7 @@
 /// procpool::mpi::Pool: procpool::Pool over MPI ranks (target procpool::mpi).
 
 #include <algorithm>
+#include <csignal>
 #include <cstddef>
 #include <limits>
 #include <memory>
@@ -329,6 +330,14 @@ Pool<F>::Pool(F f, const pool_options& options) : fn_(std::make_unique<F>(std::m
   }
   pool_options local = options;
   if (local.processes == 0) local.processes = detail::default_workers(s);
+  // A worker forked once MPI runs inherits its handlers for fatal signals,
+  // which print a backtrace for each task that crashes; the local pool
+  // reports such a death itself (worker_lost), so the worker dies as by default.
+  local.initializer = [user = options.initializer, &s] {
+    if (s.mpi_running())
+      for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) ::signal(sig, SIG_DFL);
+    if (user) user();
+  };
   // The local workers are forked before this rank starts MPI (serve() does,
   // through session::comm()), when this is the first pool.
   const auto eng = std::make_shared<procpool::detail::engine>(local, static_cast<void*>(fn_.get()));

@@ -57,6 +57,8 @@ class session {
   const std::string& host() const noexcept { return host_; }
   /// procpool's own communicator (a duplicate of MPI_COMM_WORLD); starts MPI if it is not yet.
   MPI_Comm comm();
+  /// True once comm() has started MPI here (or found it started).
+  bool mpi_running() const noexcept { return comm_ != MPI_COMM_NULL; }
 
   /// The session of this process. @throws usage_error when there is none.
   static session& current();

@@ -596,7 +596,8 @@ inline bool master::next_chunk(chunk& c) {
     c.owner->outstanding -= c.count();
   }
   for (auto it = jobs_.begin(); it != jobs_.end();) {
-    job& j = **it;
+    const std::shared_ptr<job> keep = *it;  // jobs_.erase may drop its last owner here
+    job& j = *keep;
     if (j.aborted || j.input_done()) {
       if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
       it = jobs_.erase(it);
