@@ -4,16 +4,11 @@
 
 // Rank 0's side of one pool: the same jobs as procpool::Pool's (jobs.hpp: they
 // encode the inputs and keep the results), cut into chunks and sent to the
-// serving ranks. A progress thread makes every MPI call; callers wait on a
-// condition variable for their jobs.
-//
-// Scheduling keeps the single-machine rule: no rank sits idle while another
-// holds a chunk none of whose items has started. A rank is sent one chunk
-// per local worker plus one waiting (to hide the network's latency); chunk
-// sizes shrink as a sized input drains (scheduler.hpp's guided rule, over all
-// ranks' workers); and a rank with nothing in flight makes rank 0 ask the
-// busiest rank for its last chunk back (revoke), which that rank gives back
-// if the chunk is still waiting there.
+// serving ranks as rank_scheduler.hpp decides. A progress thread makes every
+// MPI call (or a caller waiting for an answer, while one may be a moment
+// away); callers wait on a condition variable for their jobs. This file
+// holds the progress loop, the messages both ways, and the ranks' liveness:
+// a rank silent past its limit is lost.
 
 #include <unistd.h>
 
@@ -33,20 +28,16 @@
 
 #include "../../detail/job.hpp"
 #include "../../detail/posix.hpp"
-#include "../../detail/scheduler.hpp"
 #include "../../errors.hpp"
 #include "../../options.hpp"
 #include "../session.hpp"
 #include "code_address.hpp"
 #include "handshake.hpp"
+#include "rank_scheduler.hpp"
 #include "remote_error.hpp"
 #include "transport.hpp"
 
 namespace procpool::mpi::detail {
-
-using procpool::detail::chunk;
-using procpool::detail::job;
-using procpool::detail::task_message;
 
 class master {
  public:
@@ -103,7 +94,7 @@ class master {
   /// Workers on the serving ranks that can take work.
   std::size_t size() const {
     std::lock_guard lk(m_);
-    return workers_;
+    return sched_.workers();
   }
   /// The local pools' queue size: chunk sizes follow it as on one machine.
   std::size_t queue_capacity() const noexcept { return queue_bytes_; }
@@ -112,22 +103,6 @@ class master {
 
  private:
   enum class phase { running, closed, joined, terminated };
-  struct sent {
-    chunk c;
-    std::uint64_t left = 0;     // items without an answer
-    std::vector<bool> answered;  // by item of the chunk
-    bool revoking = false;
-  };
-  struct serving {
-    rank_info info;
-    std::map<std::uint64_t, sent> in_flight;  // by chunk id, in the order sent
-    std::int64_t last_heard_ns = 0;
-    bool bye = false;
-    bool lost = false;    // silent past its limit (silence_of): sent nothing more, heard no more
-    bool broken = false;  // its local pool cannot run (initializer_error): sent nothing more
-    /// May be sent chunks.
-    bool usable() const noexcept { return !lost && !broken && !bye; }
-  };
 
   void loop() noexcept;
   bool turn() noexcept;
@@ -137,16 +112,14 @@ class master {
   bool pump();
   void handle(int src, byte_buffer& msg);
   bool dispatch();
-  bool next_chunk(chunk& c);
-  void send_task(serving& r, chunk&& c);
+  void send_task(serving_rank& r, chunk&& c);
   void rebalance();
   void check_silence();
-  void lose(serving& r);
-  void break_rank(serving& r, const std::exception_ptr& e);
+  void lose(serving_rank& r);
+  void break_rank(serving_rank& r, const std::exception_ptr& e);
   void give_up_on_silent();
   void send_all(kind k);
   void abort_all(const std::exception_ptr& e);
-  bool all_done() const;
   void poke() {
     {
       std::lock_guard lk(m_);
@@ -164,10 +137,8 @@ class master {
   const std::uint64_t serial_;
   const pid_t pid_;
   transport t_;
-  std::vector<serving> ranks_;
-  std::size_t workers_ = 0;
+  rank_scheduler sched_;  // under m_
   std::size_t queue_bytes_;
-  unsigned retries_;
 
   mutable std::mutex m_;
   std::condition_variable done_;  // a job moved on: callers look
@@ -179,16 +150,11 @@ class master {
   bool close_sent_ = false;
   bool terminate_sent_ = false;
   std::exception_ptr broken_;
-  std::deque<std::shared_ptr<job>> jobs_;  // still handing out input
-  std::vector<std::shared_ptr<job>> live_;  // not complete (for join and terminate)
-  std::deque<chunk> requeued_;             // taken back from a rank: sent first
   struct watched {
     std::shared_ptr<job> j;
     std::function<void()> fire;
   };
   std::vector<watched> watched_;  // done callbacks waiting for their jobs
-  std::uint64_t next_id_ = 0;
-  std::size_t revoking_ = 0;  // revokes sent and not yet answered
   std::thread thread_;
 };
 
@@ -200,16 +166,13 @@ inline master::master(session& s, std::uint64_t serial, const std::string& fn_na
       serial_(serial),
       pid_(::getpid()),
       t_(s.comm()),
-      queue_bytes_(o.queue_bytes),
-      retries_(o.retries) {
+      sched_(o.retries),
+      queue_bytes_(o.queue_bytes) {
   if (s.size() < 2)
     throw usage_error("procpool::mpi::Pool: one rank only; rank 0 hands out the work and the "
                       "other ranks run it: start two or more (mpirun -np 3 ./program)");
   const std::int64_t now = procpool::detail::monotonic_ns();
-  for (rank_info& r : open_pool(t_, s, serial, fn_name, open_timeout)) {
-    workers_ += r.workers;
-    ranks_.push_back(serving{std::move(r), {}, now, false, false, false});
-  }
+  for (rank_info& r : open_pool(t_, s, serial, fn_name, open_timeout)) sched_.add_rank(std::move(r), now);
   thread_ = std::thread([this] { loop(); });
   ++s_.open_pools();
 }
@@ -222,8 +185,7 @@ inline void master::submit(const std::shared_ptr<job>& j) {
     if (phase_ != phase::running)
       throw usage_error("procpool::mpi::Pool: the pool is closed or terminated; submit before "
                         "close(), or build a new pool");
-    jobs_.push_back(j);
-    if (!j->complete()) live_.push_back(j);  // an empty input is complete already
+    sched_.submit(j);
     poked_ = true;
   }
   wake_.notify_one();
@@ -277,7 +239,7 @@ bool master::run_until(Done done, std::int64_t deadline) {
 
 inline std::vector<rank_info> master::ranks() const {
   std::vector<rank_info> v;
-  for (const auto& r : ranks_) v.push_back(r.info);
+  for (const auto& r : sched_.ranks()) v.push_back(r.info);
   return v;
 }
 
@@ -294,7 +256,7 @@ inline void master::join() {
     throw usage_error("procpool::mpi::Pool::join: call close() first (or terminate())");
   if (phase_ == phase::closed) {
     // Everything submitted runs, read or not (Python's join returns with an imap unread).
-    for (auto& j : live_) j->lift_window();
+    for (auto& j : sched_.live()) j->lift_window();
     poked_ = true;
     wake_.notify_one();
     // The progress thread sends close once every job is complete, and stops
@@ -390,7 +352,7 @@ inline void master::fire_ready(std::unique_lock<std::mutex>& lk, bool all) {
 /// terminate() waited in vain: the ranks that said nothing are lost, so that
 /// the session ends the job rather than wait in MPI_Finalize.
 inline void master::give_up_on_silent() {
-  for (auto& r : ranks_)
+  for (auto& r : sched_.ranks())
     if (!r.bye && !r.lost) {
       r.lost = true;
       s_.note_lost(r.info.rank, r.info.host, r.info.pid);
@@ -475,7 +437,7 @@ inline bool master::pump() {
     check_silence();
     moved |= dispatch();
     rebalance();
-    if (phase_ == phase::closed && !close_sent_ && all_done()) {
+    if (phase_ == phase::closed && !close_sent_ && sched_.all_done()) {
       send_all(kind::close);
       close_sent_ = true;
       moved = true;
@@ -483,7 +445,7 @@ inline bool master::pump() {
   }
   if ((close_sent_ || terminate_sent_) && !stop_) {
     bool all_bye = true;
-    for (const auto& r : ranks_) all_bye &= r.bye || r.lost;
+    for (const auto& r : sched_.ranks()) all_bye &= r.bye || r.lost;
     if (all_bye) {
       stop_ = true;
       moved = true;
@@ -500,8 +462,9 @@ inline bool master::pump() {
 inline void master::handle(int src, byte_buffer& msg) {
   reader body(nullptr, 0);
   const message_header h = open_message(msg, body);
-  if (h.pool != serial_ || src < 1 || src > static_cast<int>(ranks_.size())) return;
-  serving& r = ranks_[static_cast<std::size_t>(src - 1)];
+  auto& ranks = sched_.ranks();
+  if (h.pool != serial_ || src < 1 || src > static_cast<int>(ranks.size())) return;
+  serving_rank& r = ranks[static_cast<std::size_t>(src - 1)];
   if (r.lost) return;  // given up on: its items ran elsewhere or failed
   r.last_heard_ns = procpool::detail::monotonic_ns();
   const auto k = static_cast<kind>(h.kind);
@@ -511,10 +474,9 @@ inline void master::handle(int src, byte_buffer& msg) {
   }
   if (k == kind::alive) return;
   const auto id = body.read_value<std::uint64_t>();
-  const auto it = r.in_flight.find(id);
-  if (it == r.in_flight.end()) return;  // a terminated pool's late answers
-  sent& s = it->second;
-  const std::shared_ptr<job> keep = s.c.owner;  // the chunk may be its last owner
+  sent_chunk* s = sched_.find(r, id);
+  if (!s) return;  // a terminated pool's late answers
+  const std::shared_ptr<job> keep = s->c.owner;  // the chunk may be its last owner
   job& j = *keep;
   switch (k) {
     case kind::results: {
@@ -529,165 +491,84 @@ inline void master::handle(int src, byte_buffer& msg) {
         f.message = get_text(body);
         failed.push_back(std::move(f));
       }
-      if (count > s.left || base < s.c.base || base - s.c.base + count > s.c.n)
+      if (count > s->left || base < s->c.base || base - s->c.base + count > s->c.n)
         throw decode_error("procpool::mpi: rank " + std::to_string(r.info.rank) +
                            " answered items it was not given (a corrupted message)");
-      for (std::uint64_t i = 0; i < count; ++i) s.answered[static_cast<std::size_t>(base - s.c.base + i)] = true;
       j.deliver(base, count, failed, body);
-      j.outstanding -= count;
-      s.left -= count;
-      break;
+      sched_.answered(r, id, base, count);
+      return;
     }
     case kind::failure: {
       const auto index = body.read_value<std::uint64_t>();
-      if (s.left == 0 || index < s.c.base || index - s.c.base >= s.c.n)
+      if (s->left == 0 || index < s->c.base || index - s->c.base >= s->c.n)
         throw decode_error("procpool::mpi: rank " + std::to_string(r.info.rank) +
                            " answered an item it was not given (a corrupted message)");
-      s.answered[static_cast<std::size_t>(index - s.c.base)] = true;
       std::exception_ptr e = get_error(body, index, r.info.rank, r.info.host);
-      if (!r.broken && error_is<initializer_error>(e)) break_rank(r, e);
-      j.fail(index, std::move(e));
-      --j.outstanding;
-      --s.left;
-      break;
+      const bool breaks = !r.broken && error_is<initializer_error>(e);
+      j.fail(index, e);
+      sched_.answered(r, id, index, 1);
+      if (breaks) break_rank(r, e);
+      return;
     }
     case kind::revoked:
-      --revoking_;
-      requeued_.push_front(std::move(s.c));
-      r.in_flight.erase(it);
+      sched_.given_back(r, id);
       return;
     case kind::kept:
-      --revoking_;
-      s.revoking = false;
+      sched_.kept(r, id);
       return;
     default:
       return;
   }
-  if (s.left == 0) r.in_flight.erase(it);
-  if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
 }
 
-/// Sends chunks to the ranks with room, the least loaded first.
+/// Sends chunks to the ranks with room, the one with the most room first.
 inline bool master::dispatch() {
   bool moved = false;
   for (;;) {
-    serving* best = nullptr;
-    std::size_t best_room = 0;
-    for (auto& r : ranks_) {
-      if (!r.usable()) continue;
-      const std::size_t cap = r.info.workers + 1;  // one waiting per rank
-      const std::size_t room = cap > r.in_flight.size() ? cap - r.in_flight.size() : 0;
-      if (room > best_room) best = &r, best_room = room;
-    }
+    serving_rank* best = sched_.rank_with_room();
     if (!best) return moved;
     chunk c;
-    if (!next_chunk(c)) return moved;
+    if (!sched_.next_chunk(c)) return moved;
     send_task(*best, std::move(c));
     moved = true;
   }
 }
 
-/// A chunk taken back from a rank, else the next one cut off the oldest job with input left.
-inline bool master::next_chunk(chunk& c) {
-  while (!requeued_.empty()) {
-    c = std::move(requeued_.front());
-    requeued_.pop_front();
-    if (!c.owner->aborted) return true;
-    c.owner->outstanding -= c.count();
-  }
-  for (auto it = jobs_.begin(); it != jobs_.end();) {
-    const std::shared_ptr<job> keep = *it;  // jobs_.erase may drop its last owner here
-    job& j = *keep;
-    if (j.aborted || j.input_done()) {
-      if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
-      it = jobs_.erase(it);
-      continue;
-    }
-    task_message::begin(c.msg);
-    c.offsets.clear();
-    c.stride = 0;
-    std::size_t n = 0;
-    try {
-      const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
-      n = j.next_items(c.msg, c.offsets, c.stride,
-                       procpool::detail::chunk_items(j.chunksize, j.guided, left, workers_), c.base);
-    } catch (...) {
-      j.input_failed(std::current_exception());
-      it = jobs_.erase(it);
-      if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
-      continue;
-    }
-    if (n == 0) {
-      ++it;
-      continue;
-    }
-    c.n = n;
-    if (!c.stride) c.offsets.push_back(static_cast<std::uint32_t>(task_message::items_size(c.msg)));
-    c.owner = *it;
-    j.outstanding += n;
-    j.handed += n;
-    return true;
-  }
-  return false;
+inline void master::send_task(serving_rank& r, chunk&& c) {
+  sched_.send(r, std::move(c), [&](const chunk& c) {
+    byte_buffer m;
+    begin_message(m, kind::task, serial_);
+    m.append_value(c.seq);
+    m.append_value(runner_offset(c.owner->runner));
+    m.append_value(c.owner->timeout_ns);
+    m.append_value(c.base);
+    m.append_value(c.n);
+    m.append_value(c.stride);
+    m.append_value(std::uint32_t{0});
+    if (!c.stride) m.append(c.offsets.data(), static_cast<std::size_t>(c.n) * sizeof(std::uint32_t));
+    m.append(task_message::items(c.msg), task_message::items_size(c.msg));
+    seal(m);
+    t_.send(r.info.rank, std::move(m));
+  });
 }
 
-inline void master::send_task(serving& r, chunk&& c) {
-  c.seq = ++next_id_;
-  byte_buffer m;
-  begin_message(m, kind::task, serial_);
-  m.append_value(c.seq);
-  m.append_value(runner_offset(c.owner->runner));
-  m.append_value(c.owner->timeout_ns);
-  m.append_value(c.base);
-  m.append_value(c.n);
-  m.append_value(c.stride);
-  m.append_value(std::uint32_t{0});
-  if (!c.stride) m.append(c.offsets.data(), static_cast<std::size_t>(c.n) * sizeof(std::uint32_t));
-  m.append(task_message::items(c.msg), task_message::items_size(c.msg));
-  seal(m);
-  t_.send(r.info.rank, std::move(m));
-  const std::uint64_t n = c.n;
-  r.in_flight.emplace(c.seq, sent{std::move(c), n, std::vector<bool>(static_cast<std::size_t>(n)), false});
-}
-
-/// Ranks with idle workers (fewer chunks than workers: dispatch found no
-/// unsent work for them) have rank 0 ask the busiest rank holding more chunks
-/// than workers (so one waits there, unstarted) for its newest waiting chunk
-/// back; at most one revoke per idle worker is in flight.
+/// Asks back the chunks the scheduler picks for idle workers (rank_scheduler::next_revoke).
 inline void master::rebalance() {
-  std::size_t idle = 0;
-  for (const auto& r : ranks_)
-    if (r.usable() && r.in_flight.size() < r.info.workers) idle += r.info.workers - r.in_flight.size();
-  while (revoking_ < idle) {
-    serving* busiest = nullptr;
-    sent* pick = nullptr;
-    std::uint64_t pick_id = 0;
-    for (auto& r : ranks_) {
-      if (r.lost || r.in_flight.size() <= r.info.workers) continue;
-      if (busiest && r.in_flight.size() <= busiest->in_flight.size()) continue;
-      // Its newest chunks beyond one per worker wait there; the newest not asked for yet.
-      std::size_t beyond = r.in_flight.size() - r.info.workers;
-      for (auto it = r.in_flight.rbegin(); it != r.in_flight.rend() && beyond > 0; ++it, --beyond)
-        if (!it->second.revoking) {
-          busiest = &r, pick = &it->second, pick_id = it->first;
-          break;
-        }
-    }
-    if (!pick) return;
-    pick->revoking = true;
-    ++revoking_;
+  while (const auto pick = sched_.next_revoke()) {
     byte_buffer m;
     begin_message(m, kind::revoke, serial_);
-    m.append_value(pick_id);
+    m.append_value(pick->second);
     seal(m);
-    t_.send(busiest->info.rank, std::move(m));
+    t_.send(pick->first->info.rank, std::move(m));
   }
 }
+
+// ---------------------------------------------------------------- liveness
 
 /// A rank silent past its limit is lost (lose()).
 inline void master::check_silence() {
   const std::int64_t now = procpool::detail::monotonic_ns();
-  for (auto& r : ranks_) {
+  for (auto& r : sched_.ranks()) {
     if (r.lost || r.bye) continue;
     // 10 MB/s is 100 ns a byte.
     const std::int64_t limit = silence_limit_ns + static_cast<std::int64_t>(t_.pending_to(r.info.rank)) * 100;
@@ -697,51 +578,18 @@ inline void master::check_silence() {
 
 /// @p r's local pool cannot run anything (its initializer failed): no more
 /// chunks go there; when no rank is left, every call fails with @p e.
-inline void master::break_rank(serving& r, const std::exception_ptr& e) {
-  r.broken = true;
-  workers_ -= std::min(workers_, r.info.workers);
-  for (const auto& q : ranks_)
-    if (q.usable()) return;
+inline void master::break_rank(serving_rank& r, const std::exception_ptr& e) {
+  if (sched_.break_rank(r)) return;
   broken_ = e;
   abort_all(e);
 }
 
-/// Gives up on @p r: each unanswered item of its runs again on another rank
-/// while its chunk's attempts are within pool_options::retries, else fails
-/// with worker_lost. The session then ends the job, since
-/// MPI_Finalize would wait for that rank.
-inline void master::lose(serving& r) {
-  r.lost = true;
+/// Gives up on @p r (rank_scheduler::lose: its items run elsewhere or fail).
+/// The session then ends the job, since MPI_Finalize would wait for that rank.
+inline void master::lose(serving_rank& r) {
   s_.note_lost(r.info.rank, r.info.host, r.info.pid);
   t_.abandon(r.info.rank);
-  for (auto& [id, st] : r.in_flight) {
-    chunk& c = st.c;
-    job& j = *c.owner;
-    for (std::uint64_t i = 0; i < c.n;) {
-      if (st.answered[static_cast<std::size_t>(i)]) {
-        ++i;
-        continue;
-      }
-      std::uint64_t k = i;
-      while (k < c.n && !st.answered[static_cast<std::size_t>(k)]) ++k;
-      if (c.attempts < retries_ && !j.aborted) {
-        requeued_.push_back(c.slice(i, k, c.attempts + 1));
-      } else {
-        for (std::uint64_t q = i; q < k; ++q) {
-          j.fail(c.base + q, rank_lost(c.base + q, r.info.rank, r.info.host, r.info.pid));
-          --j.outstanding;
-        }
-      }
-      i = k;
-    }
-    if (j.complete()) std::erase_if(live_, [&](const auto& p) { return p.get() == &j; });
-  }
-  for (auto& [id, st] : r.in_flight)
-    if (st.revoking) --revoking_;
-  r.in_flight.clear();
-  if (!r.broken) workers_ -= std::min(workers_, r.info.workers);
-  for (const auto& q : ranks_)
-    if (q.usable()) return;
+  if (sched_.lose(r)) return;
   broken_ = std::make_exception_ptr(
       error("procpool::mpi::Pool: every serving rank stopped answering or cannot run tasks; "
             "nothing can run: build a new pool, or check the ranks"));
@@ -749,7 +597,7 @@ inline void master::lose(serving& r) {
 }
 
 inline void master::send_all(kind k) {
-  for (auto& r : ranks_) {
+  for (auto& r : sched_.ranks()) {
     if (r.lost) continue;
     byte_buffer m;
     begin_message(m, k, serial_);
@@ -759,19 +607,8 @@ inline void master::send_all(kind k) {
 }
 
 inline void master::abort_all(const std::exception_ptr& e) {
-  for (auto& j : live_) j->abort(e);
-  live_.clear();
-  jobs_.clear();
-  requeued_.clear();
-  for (auto& r : ranks_) r.in_flight.clear();
-  revoking_ = 0;
+  sched_.abort_all(e);
   done_.notify_all();
-}
-
-inline bool master::all_done() const {
-  for (const auto& j : live_)
-    if (!j->complete()) return false;
-  return true;
 }
 
 }  // namespace procpool::mpi::detail
