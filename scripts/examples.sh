@@ -62,8 +62,10 @@ if [[ -x "$bin/mpi_squares" ]]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   for name in mpi_squares mpi_hosts; do
     echo "\$ mpiexec --oversubscribe -np 3 $name"
-    out=$(mpiexec --oversubscribe -np 3 "$bin/$name" 2>&1)
+    rc=0
+    out=$(mpiexec --oversubscribe -np 3 "$bin/$name" 2>&1) || rc=$?
     echo "$out"
+    [[ $rc -eq 0 ]] || exit "$rc"
     # A task that crashes is reported once, as worker_lost, not also by the
     # signal handler a serving rank's workers would inherit from Open MPI.
     if grep -q "Process received signal" <<<"$out"; then
