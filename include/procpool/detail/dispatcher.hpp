@@ -213,15 +213,12 @@ inline bool dispatcher::next_chunk(worker_link& w, chunk& c, std::size_t workers
       c.msg = std::move(spare_msgs_.back());
       spare_msgs_.pop_back();
     }
-    task_message::begin(c.msg);
-    c.offsets.clear();
-    c.stride = 0;
     std::size_t n = 0;
     try {
-      const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
-      const std::size_t max = chunk_items(j.chunksize, j.guided, left, workers,
-                                          min_chunk_items(w.timing.last_chunk_ns, w.timing.last_chunk_items));
-      n = j.next_items(c.msg, c.offsets, c.stride, std::min(limit, max), c.base);
+      n = cut_chunk(*it, c, [&](std::uint64_t left) {
+        return std::min(limit, chunk_items(j.chunksize, j.guided, left, workers,
+                                           min_chunk_items(w.timing.last_chunk_ns, w.timing.last_chunk_items)));
+      });
     } catch (...) {
       // Reading or encoding this job's input failed (its iterator or a
       // serialize() threw): that job fails, not whichever caller is driving.
@@ -233,12 +230,6 @@ inline bool dispatcher::next_chunk(worker_link& w, chunk& c, std::size_t workers
       ++it;
       continue;
     }
-    c.n = n;
-    if (!c.stride) c.offsets.push_back(static_cast<std::uint32_t>(task_message::items_size(c.msg)));
-    c.owner = *it;
-    c.attempts = 0;
-    j.outstanding += n;
-    j.handed += n;
     items_cut_ += n;
     return true;
   }

@@ -107,4 +107,26 @@ struct chunk {
   }
 };
 
+/// Cuts the next items of @p owner's input into @p c: at most @p limit(left)
+/// of them, left being the items not handed out yet (0 when unknown). Books
+/// them as handed out and outstanding; returns how many, 0 when none is ready.
+/// Throws what reading or encoding the input throws (the caller fails the job).
+template <class Limit>
+std::size_t cut_chunk(const std::shared_ptr<job>& owner, chunk& c, Limit limit) {
+  job& j = *owner;
+  task_message::begin(c.msg);
+  c.offsets.clear();
+  c.stride = 0;
+  const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
+  const std::size_t n = j.next_items(c.msg, c.offsets, c.stride, limit(left), c.base);
+  if (n == 0) return 0;
+  c.n = n;
+  if (!c.stride) c.offsets.push_back(static_cast<std::uint32_t>(task_message::items_size(c.msg)));
+  c.owner = owner;
+  c.attempts = 0;
+  j.outstanding += n;
+  j.handed += n;
+  return n;
+}
+
 }  // namespace procpool::detail

@@ -174,14 +174,11 @@ inline bool rank_scheduler::next_chunk(chunk& c) {
       it = jobs_.erase(it);
       continue;
     }
-    task_message::begin(c.msg);
-    c.offsets.clear();
-    c.stride = 0;
     std::size_t n = 0;
     try {
-      const std::uint64_t left = j.total > j.handed ? j.total - j.handed : 0;
-      n = j.next_items(c.msg, c.offsets, c.stride,
-                       procpool::detail::chunk_items(j.chunksize, j.guided, left, workers_), c.base);
+      n = procpool::detail::cut_chunk(keep, c, [&](std::uint64_t left) {
+        return procpool::detail::chunk_items(j.chunksize, j.guided, left, workers_);
+      });
     } catch (...) {
       j.input_failed(std::current_exception());
       it = jobs_.erase(it);
@@ -192,11 +189,6 @@ inline bool rank_scheduler::next_chunk(chunk& c) {
       ++it;
       continue;
     }
-    c.n = n;
-    if (!c.stride) c.offsets.push_back(static_cast<std::uint32_t>(task_message::items_size(c.msg)));
-    c.owner = keep;
-    j.outstanding += n;
-    j.handed += n;
     return true;
   }
   return false;
