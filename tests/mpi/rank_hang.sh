@@ -7,7 +7,25 @@ set -u
 mpiexec=$1 bin=$2
 out=$(mktemp)
 start=$SECONDS
-timeout -k 5 90 "$mpiexec" --oversubscribe -np 3 "$bin" </dev/null >"$out" 2>&1
+timeout -k 5 90 "$mpiexec" --oversubscribe -np 3 "$bin" </dev/null >"$out" 2>&1 &
+launcher=$!
+# Open MPI 4.1's mpiexec sometimes stays after every rank of the job has
+# ended (it printed that the job was aborted, and waits on nothing of ours):
+# once no rank runs, it gets 10 s, then it is ended and the linger reported.
+gone_since=
+while kill -0 "$launcher" 2>/dev/null; do
+  if ! pgrep -f "^$bin( |$)" >/dev/null && grep -q "rank 0: 200 of 200" "$out"; then
+    gone_since=${gone_since:-$SECONDS}
+    if ((SECONDS - gone_since >= 10)); then
+      echo "rank_hang: every rank ended; mpiexec had not after 10 s more, so it is ended here" >&2
+      pkill -9 -P "$launcher" 2>/dev/null
+      kill -9 "$launcher" 2>/dev/null
+      break
+    fi
+  fi
+  sleep 0.2
+done
+wait "$launcher"
 rc=$?
 took=$((SECONDS - start))
 cat "$out"
