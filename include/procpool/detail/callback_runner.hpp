@@ -65,7 +65,9 @@ class callback_runner {
   /// thread, then fires what is still watched, here. @p lock locks the engine.
   template <class Lock>
   void finish(Lock lock) noexcept;
-  bool on_runner_thread() const noexcept { return runner_id_ == std::this_thread::get_id(); }
+  /// True on this runner's thread. Kept by a thread-local, not a thread id:
+  /// a thread started after the runner was joined can get the runner's id.
+  bool on_runner_thread() const noexcept { return current_ == this; }
 
  private:
   template <class Engine>
@@ -79,7 +81,7 @@ class callback_runner {
   std::condition_variable idle_;  // with the engine's lock: watched_ emptied, or finished_
   std::condition_variable work_;  // with the engine's lock: something to watch, or stop_
   std::unique_ptr<std::thread> thread_;  // until finish() joins it
-  std::thread::id runner_id_;            // set once, when the thread starts
+  static inline thread_local const callback_runner* current_ = nullptr;  // set by the runner thread
   pid_t owner_ = 0;  // the process that started the thread
 };
 
@@ -108,10 +110,10 @@ bool callback_runner::watch(std::shared_ptr<Engine> self, std::shared_ptr<comple
   // The thread holds the engine until it ends: the engine (and this runner)
   // can only be destroyed on it after its last use of either.
   thread_ = std::make_unique<std::thread>([e = std::move(self)]() mutable {
+    current_ = &e->callbacks();
     e->callbacks().loop(*e);
     e.reset();
   });
-  runner_id_ = thread_->get_id();
   return true;
 }
 
