@@ -364,6 +364,11 @@ inline void follow_parent(pid_t parent, bool forked_by_main_thread) {
     }
     // A huge message's buffers are kept while huge messages keep coming, and
     // given back after the first smaller one: never for the life of the worker.
+    // A buffer this task did not use (the copy of a task read in place, the
+    // answer buffer of the other kind) is emptied first, so that what an
+    // earlier message left in it is given back too.
+    if (in_place) in.clear();
+    (in_ring ? values : direct).clear();
     for (byte_buffer* b : {&in, &values, &direct, &errors}) b->shrink_if_above(worker_buffer_keep_bytes);
   }
 }
