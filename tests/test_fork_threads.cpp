@@ -296,3 +296,38 @@ TEST_CASE("workers replaced by a thread that has ended keep their work", "[failu
   CHECK(out == iota_vec(8, 1000));
   CHECK(pool.pids() != before);
 }
+
+namespace {
+std::mutex held_by_a_thread;  // unlocked when the pool below is built
+}  // namespace
+
+TEST_CASE("a replacement worker does not inherit a lock another thread holds when it starts",
+          "[failure][threads]") {
+  // Every worker starts from the pool's fork server, a copy of this process
+  // as it was when the pool was built; a worker forked from this process now
+  // would find the mutex locked for ever.
+  watchdog wd(30s);
+  auto f = [](int x) {
+    if (x < 0) ::kill(::getpid(), SIGKILL);
+    if (!held_by_a_thread.try_lock()) return 0;
+    held_by_a_thread.unlock();
+    return 1;
+  };
+  procpool::Pool pool(f, 1);
+  CHECK(pool.map(std::vector<int>{1}) == std::vector<int>{1});
+  const auto before = pool.pids();
+  std::atomic<bool> locked{false}, release{false};
+  std::thread holder([&] {
+    std::lock_guard lk(held_by_a_thread);
+    locked = true;
+    while (!release) sleep_ms(1);
+  });
+  while (!locked) sleep_ms(1);
+  (void)pool.try_map(std::vector<int>{-1});  // its worker dies; a replacement starts now
+  const auto after = pool.pids();
+  const auto free_in_worker = pool.map(std::vector<int>{1, 2, 3});
+  release = true;
+  holder.join();
+  CHECK(after != before);
+  CHECK(free_in_worker == std::vector<int>{1, 1, 1});
+}

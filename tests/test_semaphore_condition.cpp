@@ -75,6 +75,26 @@ TEMPLATE_TEST_CASE("Semaphore: the units of a holder killed by SIGKILL come back
   CHECK(sem.get_value() == 3);
 }
 
+TEST_CASE("Semaphore: the unit of a Pool worker killed while holding it comes back") {
+  // A worker that the pool's fork server started knows its own pid: the unit
+  // is recorded as its, not the server's.
+  watchdog wd(30s);
+  procpool::Semaphore sem(1);
+  procpool::Pool pool(
+      [sem](int x) mutable {
+        if (!sem.acquire(5s)) return -1;
+        if (x == 0) ::kill(::getpid(), SIGKILL);
+        sem.release();
+        return x;
+      },
+      1);
+  CHECK(pool.map(std::vector<int>{1, 2}) == std::vector<int>{1, 2});
+  CHECK_FALSE(pool.try_map(std::vector<int>{0})[0].ok());
+  CHECK(sem.acquire(5s));
+  sem.release();
+  CHECK(pool.map(std::vector<int>{3}) == std::vector<int>{3});
+}
+
 TEST_CASE("Semaphore: a waiting process gets the unit another process releases") {
   watchdog wd(30s);
   procpool::Semaphore signal(0);

@@ -30,6 +30,7 @@
 #include <functional>
 #include <new>
 #include <optional>
+#include <set>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -48,21 +49,28 @@ using namespace std::chrono_literals;
 namespace detail = procpool::detail;
 using namespace procpool_test;
 
-// fork: the first forks_allowed calls fork; the rest fail with EAGAIN, as
-// fork does at RLIMIT_NPROC.
+// fork, in this process or in a pool's fork server: the first forks_allowed
+// calls fork; the rest fail with EAGAIN, as fork does at RLIMIT_NPROC.
 std::atomic<int> forks_allowed{0};
 std::atomic<int> forks_failed{0};
 std::atomic<pid_t> last_forked{0};
 
-pid_t budgeted_fork() {
+template <class Fork>
+pid_t budgeted(Fork fork) {
   if (forks_allowed.fetch_sub(1) > 0) {
-    const pid_t pid = ::fork();
+    const pid_t pid = fork();
     if (pid > 0) last_forked.store(pid);
     return pid;
   }
   forks_failed.fetch_add(1);
   errno = EAGAIN;
   return -1;
+}
+
+pid_t budgeted_fork() { return budgeted(::fork); }
+
+pid_t budgeted_fork_in_server(int fd, std::uint32_t index, std::uint32_t number) {
+  return budgeted([&] { return detail::request_fork(fd, index, number); });
 }
 
 /// Forks succeed @p allowed more times, then fail.
@@ -72,6 +80,7 @@ detail::syscall_table fork_fails_after(int allowed) {
   last_forked = 0;
   detail::syscall_table t = detail::real_syscalls;
   t.fork = budgeted_fork;
+  t.fork_in_server = budgeted_fork_in_server;
   return t;
 }
 
@@ -344,13 +353,65 @@ TEST_CASE("a retiring worker that cannot be replaced breaks the pool with the sa
           "[syscalls][fork][pool][replacement]") {
   REQUIRE(no_children());
   {
-    syscall_override fail(fork_fails_after(1));  // the pool's one worker, then no more
+    syscall_override fail(fork_fails_after(2));  // the fork server and the pool's one worker
     procpool::Pool pool(twice{}, {.processes = 1, .max_tasks_per_child = 1});
     const std::string what = pool_error_of([&] { pool.map(std::vector<int>{1, 2, 3}); });
     INFO("the error: " << what);
     CHECK(what.find(replacement_failed) != std::string::npos);
     CHECK(forks_failed >= 1);
     CHECK(pool.pids().empty());
+  }
+  CHECK(no_children());
+}
+
+int no_tid_address(int**) {
+  errno = EINVAL;  // a kernel built without CONFIG_CHECKPOINT_RESTORE
+  return -1;
+}
+
+/// The children of this process that are not among @p workers: the pool's fork server.
+std::set<pid_t> others_than(const std::vector<pid_t>& workers) {
+  std::set<pid_t> r = child_pids();
+  for (pid_t w : workers) r.erase(w);
+  return r;
+}
+
+TEST_CASE("without PR_GET_TID_ADDRESS the pool forks its workers itself, replacements too",
+          "[syscalls][fork][pool][replacement]") {
+  REQUIRE(no_children());
+  {
+    detail::syscall_table t = detail::real_syscalls;
+    t.get_tid_address = no_tid_address;  // in the fork server, a copy of this process
+    syscall_override no_server(t);
+    procpool::Pool pool([](int x) { return x < 0 ? (::kill(::getpid(), SIGKILL), x) : 2 * x; }, 2);
+    CHECK(pool.map(std::vector<int>{1, 2, 3}) == std::vector<int>{2, 4, 6});
+    const auto before = pool.pids();
+    CHECK_FALSE(pool.try_map(std::vector<int>{-1})[0].ok());
+    CHECK(pool.map(std::vector<int>{4}) == std::vector<int>{8});
+    const auto after = pool.pids();
+    CHECK(after != before);
+    CHECK(others_than(after).empty());  // the server said it cannot, and was reaped
+    for (pid_t w : after) CHECK(proc_ppid(w) == ::getpid());
+  }
+  CHECK(no_children());
+}
+
+TEST_CASE("a fork server killed from outside is started again for the next replacement",
+          "[syscalls][fork][pool][replacement]") {
+  REQUIRE(no_children());
+  {
+    procpool::Pool pool([](int x) { return x < 0 ? (::kill(::getpid(), SIGKILL), x) : 2 * x; }, 2);
+    const auto server = others_than(pool.pids());
+    REQUIRE(server.size() == 1);
+    for (pid_t w : pool.pids()) CHECK(proc_ppid(w) == ::getpid());  // the server's siblings
+    ::kill(*server.begin(), SIGKILL);
+    REQUIRE(wait_zombie(*server.begin()));
+    CHECK_FALSE(pool.try_map(std::vector<int>{-1})[0].ok());  // its worker is replaced
+    CHECK(pool.map(std::vector<int>{1, 2, 3, 4}) == std::vector<int>{2, 4, 6, 8});
+    const auto now = others_than(pool.pids());
+    REQUIRE(now.size() == 1);
+    CHECK(*now.begin() != *server.begin());
+    CHECK(pool.pids().size() == 2);
   }
   CHECK(no_children());
 }

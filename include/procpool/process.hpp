@@ -86,35 +86,45 @@ struct exit_request {
   int code;
 };
 
-inline std::string next_process_name(const char* prefix) {
+/// The number in the next child's name, counted across all kinds (as Python does).
+inline unsigned next_process_number() {
   static std::atomic<unsigned> counter{0};
-  return prefix + std::to_string(counter.fetch_add(1) + 1);
+  return counter.fetch_add(1) + 1;
 }
 
-/// Forks a child named @p name that runs body() and ends with _exit: 0 when body
-/// returns, n on procpool::exit(n), 1 after printing an escaping exception the
-/// way Python prints a traceback ("Process Process-1: std::runtime_error: boom").
+inline std::string next_process_name(const char* prefix) {
+  return prefix + std::to_string(next_process_number());
+}
+
+/// The life of a child named @p name whose parent is @p parent: runs body() and
+/// ends with _exit: 0 when body returns, n on procpool::exit(n), 1 after
+/// printing an escaping exception the way Python prints a traceback
+/// ("Process Process-1: std::runtime_error: boom").
+template <class Body>
+[[noreturn]] void run_child(const std::string& name, pid_t parent, Body& body) noexcept {
+  process_state& s = this_process();
+  s.parent_name = std::move(s.name);
+  s.parent_pid = parent;
+  s.name = name;
+  s.in_child = true;
+  int code = 0;
+  try {
+    body();
+  } catch (const exit_request& e) {
+    code = e.code;
+  } catch (...) {
+    auto [type, what] = describe_current_exception();
+    std::fprintf(stderr, "Process %s: %s: %s\n", name.c_str(), type.c_str(), what.c_str());
+    code = 1;
+  }
+  child_exit(code);
+}
+
+/// Forks a child named @p name that runs body() (run_child).
 template <class Body>
 pid_t spawn(const std::string& name, Body&& body) {
   const pid_t parent = ::getpid();
-  return fork_with([&]() noexcept {
-    process_state& s = this_process();
-    s.parent_name = std::move(s.name);
-    s.parent_pid = parent;
-    s.name = name;
-    s.in_child = true;
-    int code = 0;
-    try {
-      body();
-    } catch (const exit_request& e) {
-      code = e.code;
-    } catch (...) {
-      auto [type, what] = describe_current_exception();
-      std::fprintf(stderr, "Process %s: %s: %s\n", name.c_str(), type.c_str(), what.c_str());
-      code = 1;
-    }
-    child_exit(code);
-  });
+  return fork_with([&]() noexcept { run_child(name, parent, body); });
 }
 
 }  // namespace detail

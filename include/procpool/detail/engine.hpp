@@ -42,6 +42,7 @@
 #include "driver.hpp"
 #include "event_watch.hpp"
 #include "express_lane.hpp"
+#include "fork_server.hpp"
 #include "job.hpp"
 #include "option_checks.hpp"
 #include "posix.hpp"
@@ -180,7 +181,10 @@ class engine : public std::enable_shared_from_this<engine> {
 
   worker_shared* shared_of(const worker& w) const noexcept { return shm_.worker(w.index); }
 
-  void spawn_worker(worker& w);
+  /// Starts worker @p w: forked from this process when not @p from_server.
+  void spawn_worker(worker& w, bool from_server = true);
+  /// What worker @p index runs, in the worker. Never returns.
+  [[noreturn]] void run_worker(std::size_t index);
   std::optional<int> reap(const worker& w, bool block);
   void throw_if_unusable() const;
   // Driving: one round (the wait between rounds is event_watch).
@@ -226,6 +230,8 @@ class engine : public std::enable_shared_from_this<engine> {
   answer_reader reader_;  // the receive path
   watchdog watchdog_;
   std::vector<worker> workers_;
+  bool forked_by_main_thread_;  // the thread that built the pool, the workers' parent
+  fork_server server_;           // starts the workers
   unsigned deaths_before_ready_ = 0;  // in a row (see max_deaths_before_ready)
   std::int64_t next_check_ = 0;
   std::int64_t last_progress_ns_ = 0;  // when a pump round last moved anything
@@ -256,18 +262,29 @@ inline engine::engine(const pool_options& opts, void* fn)
       disp_(shm_, lane_, cap_, [this] { drv_.notify_followers(); }),
       reader_(shm_, disp_, cap_, checked_workers(opts)),
       watchdog_(opts.task_timeout, static_cast<bool>(opts.initializer)),
+      forked_by_main_thread_(::gettid() == parent_pid_),
+      server_(
+          [this](std::uint32_t index, std::uint32_t number) {
+            const std::string name = "ForkPoolWorker-" + std::to_string(number);
+            auto body = [this, index] { run_worker(index); };
+            run_child(name, parent_pid_, body);
+          },
+          forked_by_main_thread_),
       drv_(shm_.pool()->parent_ev) {
   workers_.resize(checked_workers(opts));
   for (std::size_t i = 0; i < workers_.size(); ++i) workers_[i].index = i;
   try {
-    for (auto& w : workers_) spawn_worker(w);
+    // The fork server and the first workers start from this instant's state;
+    // the server first, as it sleeps while the workers poll for work.
+    server_.launch();
+    for (auto& w : workers_) spawn_worker(w, false);
   } catch (...) {
     terminate();
     throw;
   }
 }
 
-inline void engine::spawn_worker(worker& w) {
+inline void engine::spawn_worker(worker& w, bool from_server) {
   worker_shared* s = shared_of(w);
   s->tasks.head = s->tasks.tail = 0;
   s->results.head = s->results.tail = 0;
@@ -285,20 +302,16 @@ inline void engine::spawn_worker(worker& w) {
           byte_ring(&s->results, shm_.result_data(w.index), cap_), opts_.max_tasks_per_child);
   w.started_ns = monotonic_ns();
   ++started_;
-  const pid_t parent = parent_pid_;
-  const bool timed = opts_.task_timeout.count() > 0;
-  pool_shared* ps = shm_.pool();
-  char* td = shm_.task_data(w.index);
-  char* rd = shm_.result_data(w.index);
-  const std::size_t cap = cap_;
-  void* fn = fn_;
-  const std::function<void()>& init = opts_.initializer;
-  const bool main_thread = ::gettid() == parent;
-  const std::uint64_t memory_limit = opts_.max_memory_per_child;
-  w.pid = spawn(next_process_name("ForkPoolWorker-"), [=, &init] {
-    worker_channel ch(ps, s, td, rd, cap, parent);
-    worker_main(ch, fn, init, timed, parent, main_thread, memory_limit);
-  });
+  const auto index = static_cast<std::uint32_t>(w.index);
+  const unsigned number = next_process_number();
+  w.pid = from_server ? server_.start_worker(index, number) : server_.fork_here(index, number);
+}
+
+inline void engine::run_worker(std::size_t index) {
+  worker_channel ch(shm_.pool(), shm_.worker(index), shm_.task_data(index), shm_.result_data(index),
+                    cap_, parent_pid_);
+  worker_main(ch, fn_, opts_.initializer, opts_.task_timeout.count() > 0, parent_pid_,
+              forked_by_main_thread_, opts_.max_memory_per_child);
 }
 
 static_assert(reaped_elsewhere == exitcode_unknown, "one value for \"reaped elsewhere\"");
@@ -598,6 +611,7 @@ inline void engine::join() {
   });
   std::unique_lock lk(m_);
   phase_ = phase::joined;
+  server_.stop();
   runner_.wait_idle(lk);  // as Python's join: the callbacks of finished work have run
 }
 
@@ -634,6 +648,7 @@ inline void engine::kill_all(std::unique_lock<std::mutex>& lk) noexcept {
     }
     w.pid = 0;
   }
+  server_.stop();
   const auto e = std::make_exception_ptr(
       pool_terminated("procpool::Pool: the pool was terminated before this item finished"));
   abort_all(e);

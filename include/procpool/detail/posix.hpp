@@ -5,8 +5,9 @@
 // Every system call procpool makes lives here: wrapped once, retried on EINTR,
 // failures thrown as std::system_error carrying errno. Linux only (futex, prctl).
 //
-// The seam for tests (fmt's FMT_SYSTEM, at run time): fork, waitpid, kill and
-// pidfd_open, the calls whose failure the library must handle, go through sys(), a table
+// The seam for tests (fmt's FMT_SYSTEM, at run time): fork, waitpid, kill,
+// pidfd_open, the fork server's fork and the prctl it needs, the calls whose
+// failure the library must handle, go through sys(), a table
 // of function pointers that points at the real calls. A test points
 // syscall_hooks at a table of its own to make one fail (tests/test_syscalls.cpp).
 // A run-time switch, not a macro: every translation unit sees the same inline
@@ -36,10 +37,12 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -55,6 +58,11 @@ struct syscall_table {
   pid_t (*waitpid)(pid_t pid, int* status, int options);
   int (*kill)(pid_t pid, int sig);
   int (*pidfd_open)(pid_t pid, unsigned flags);
+  /// A pool's fork server (fork_server.hpp) starts worker @p index, named
+  /// with @p number: the worker's pid.
+  pid_t (*fork_in_server)(int server_fd, std::uint32_t index, std::uint32_t number);
+  /// prctl(PR_GET_TID_ADDRESS), in the fork server: 0, or -1 with errno set.
+  int (*get_tid_address)(int** address);
 };
 
 /// pidfd_open(2) through syscall(): Linux 5.3, in every C library's headers or not.
@@ -69,8 +77,54 @@ inline int raw_pidfd_open(pid_t pid, unsigned flags) {
 #endif
 }
 
+/// How long the parent waits for a pool's fork server to answer: a fork
+/// copies the page tables of the parent as it was when the pool was built.
+inline constexpr int fork_server_answer_ms = 30'000;
+
+/// One request to a pool's fork server, and its answer: a pid or -errno.
+struct fork_request {
+  std::uint32_t index, number;
+};
+
+/// Receives one int from @p fd within @p timeout_ms: 0, or -1 with errno set
+/// (ETIMEDOUT; EPIPE when the peer has closed).
+inline int recv_int(int fd, int& value, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  int ready;
+  do {
+    ready = ::poll(&p, 1, timeout_ms);
+  } while (ready == -1 && errno == EINTR);
+  if (ready == 0) errno = ETIMEDOUT;
+  if (ready <= 0) return -1;
+  ssize_t n;
+  do {
+    n = ::recv(fd, &value, sizeof value, 0);
+  } while (n == -1 && errno == EINTR);
+  if (n == static_cast<ssize_t>(sizeof value)) return 0;
+  if (n >= 0) errno = EPIPE;
+  return -1;
+}
+
+/// The fork server's side of a request (SOCK_SEQPACKET: one message each way).
+inline pid_t request_fork(int server_fd, std::uint32_t index, std::uint32_t number) {
+  const fork_request rq{index, number};
+  ssize_t n;
+  do {
+    n = ::send(server_fd, &rq, sizeof rq, MSG_NOSIGNAL);
+  } while (n == -1 && errno == EINTR);
+  if (n != static_cast<ssize_t>(sizeof rq)) return -1;
+  int answer = 0;
+  if (recv_int(server_fd, answer, fork_server_answer_ms) != 0) return -1;
+  if (answer > 0) return answer;
+  errno = -answer;
+  return -1;
+}
+
+inline int raw_get_tid_address(int** address) { return ::prctl(PR_GET_TID_ADDRESS, address); }
+
 /// The real calls; a test copies this table and replaces the call it fails.
-inline constexpr syscall_table real_syscalls{&::fork, &::waitpid, &::kill, &raw_pidfd_open};
+inline constexpr syscall_table real_syscalls{&::fork,          &::waitpid,   &::kill,
+                                             &raw_pidfd_open, &request_fork, &raw_get_tid_address};
 
 /// The table in use. A table installed here must outlive its installation;
 /// fork's hook runs with every signal blocked and stdout/stderr locked.
