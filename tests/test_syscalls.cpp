@@ -386,9 +386,15 @@ TEST_CASE("without PR_GET_TID_ADDRESS the pool forks its workers itself, replace
     procpool::Pool pool([](int x) { return x < 0 ? (::kill(::getpid(), SIGKILL), x) : 2 * x; }, 2);
     CHECK(pool.map(std::vector<int>{1, 2, 3}) == std::vector<int>{2, 4, 6});
     const auto before = pool.pids();
-    CHECK_FALSE(pool.try_map(std::vector<int>{-1})[0].ok());
-    CHECK(pool.map(std::vector<int>{4}) == std::vector<int>{8});
+    // The replacement is forked by a thread that then ends: it must not die with it.
+    std::thread([&] {
+      CHECK_FALSE(pool.try_map(std::vector<int>{-1})[0].ok());
+      std::this_thread::sleep_for(300ms);  // the replacement is up (and past its prctl)
+    }).join();
     const auto after = pool.pids();
+    std::this_thread::sleep_for(300ms);
+    CHECK(pool.map(std::vector<int>{4}) == std::vector<int>{8});
+    CHECK(pool.pids() == after);
     CHECK(after != before);
     CHECK(others_than(after).empty());  // the server said it cannot, and was reaped
     for (pid_t w : after) CHECK(proc_ppid(w) == ::getpid());

@@ -183,8 +183,9 @@ class engine : public std::enable_shared_from_this<engine> {
 
   /// Starts worker @p w: forked from this process when not @p from_server.
   void spawn_worker(worker& w, bool from_server = true);
-  /// What worker @p index runs, in the worker. Never returns.
-  [[noreturn]] void run_worker(std::size_t index);
+  /// What worker @p index runs, in the worker; @p main_thread_parent: forked
+  /// by the main thread, or by the fork server that thread forked. Never returns.
+  [[noreturn]] void run_worker(std::size_t index, bool main_thread_parent);
   std::optional<int> reap(const worker& w, bool block);
   void throw_if_unusable() const;
   // Driving: one round (the wait between rounds is event_watch).
@@ -230,8 +231,7 @@ class engine : public std::enable_shared_from_this<engine> {
   answer_reader reader_;  // the receive path
   watchdog watchdog_;
   std::vector<worker> workers_;
-  bool forked_by_main_thread_;  // the thread that built the pool, the workers' parent
-  fork_server server_;           // starts the workers
+  fork_server server_;  // starts the workers
   unsigned deaths_before_ready_ = 0;  // in a row (see max_deaths_before_ready)
   std::int64_t next_check_ = 0;
   std::int64_t last_progress_ns_ = 0;  // when a pump round last moved anything
@@ -262,14 +262,13 @@ inline engine::engine(const pool_options& opts, void* fn)
       disp_(shm_, lane_, cap_, [this] { drv_.notify_followers(); }),
       reader_(shm_, disp_, cap_, checked_workers(opts)),
       watchdog_(opts.task_timeout, static_cast<bool>(opts.initializer)),
-      forked_by_main_thread_(::gettid() == parent_pid_),
       server_(
-          [this](std::uint32_t index, std::uint32_t number) {
+          [this](std::uint32_t index, std::uint32_t number, bool main_thread_parent) {
             const std::string name = "ForkPoolWorker-" + std::to_string(number);
-            auto body = [this, index] { run_worker(index); };
+            auto body = [this, index, main_thread_parent] { run_worker(index, main_thread_parent); };
             run_child(name, parent_pid_, body);
           },
-          forked_by_main_thread_),
+          ::gettid() == parent_pid_),
       drv_(shm_.pool()->parent_ev) {
   workers_.resize(checked_workers(opts));
   for (std::size_t i = 0; i < workers_.size(); ++i) workers_[i].index = i;
@@ -307,11 +306,11 @@ inline void engine::spawn_worker(worker& w, bool from_server) {
   w.pid = from_server ? server_.start_worker(index, number) : server_.fork_here(index, number);
 }
 
-inline void engine::run_worker(std::size_t index) {
+inline void engine::run_worker(std::size_t index, bool main_thread_parent) {
   worker_channel ch(shm_.pool(), shm_.worker(index), shm_.task_data(index), shm_.result_data(index),
                     cap_, parent_pid_);
   worker_main(ch, fn_, opts_.initializer, opts_.task_timeout.count() > 0, parent_pid_,
-              forked_by_main_thread_, opts_.max_memory_per_child);
+              main_thread_parent, opts_.max_memory_per_child);
 }
 
 static_assert(reaped_elsewhere == exitcode_unknown, "one value for \"reaped elsewhere\"");

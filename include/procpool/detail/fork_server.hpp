@@ -45,20 +45,24 @@ namespace procpool::detail {
 
 class fork_server {
  public:
-  /// What a worker runs: its index and the number in its name. Never returns.
-  using worker_body = std::function<void(std::uint32_t index, std::uint32_t number)>;
+  /// What a worker runs: its index, the number in its name, and whether its
+  /// parent thread is the process's main thread. Never returns.
+  using worker_body =
+      std::function<void(std::uint32_t index, std::uint32_t number, bool main_thread_parent)>;
 
   /// @p body is what every worker runs; @p forked_by_main_thread: whether the
-  /// calling thread, the workers' parent, is the main thread.
+  /// calling thread, the parent of the server's workers, is the main thread.
   fork_server(worker_body body, bool forked_by_main_thread)
       : body_(std::move(body)), main_thread_(forked_by_main_thread) {}
   ~fork_server() { stop(); }
   fork_server(const fork_server&) = delete;
   fork_server& operator=(const fork_server&) = delete;
 
-  /// Forks worker @p index from this process now. @throws system_error.
+  /// Forks worker @p index from this process now, by the calling thread.
+  /// @throws system_error.
   pid_t fork_here(std::uint32_t index, std::uint32_t number) {
-    return fork_with([&]() noexcept { body_(index, number); });
+    const bool main_thread = ::gettid() == current_pid();
+    return fork_with([&]() noexcept { body_(index, number, main_thread); });
   }
   /// Forks the server, without waiting for it. @throws system_error.
   void launch();
@@ -74,7 +78,7 @@ class fork_server {
   pid_t pid() const noexcept { return pid_; }
 
  private:
-  [[noreturn]] static void serve(int fd, pid_t parent, const worker_body& body);
+  [[noreturn]] static void serve(int fd, pid_t parent, bool main_thread, const worker_body& body);
 
   worker_body body_;
   bool main_thread_;
@@ -110,7 +114,7 @@ inline void fork_server::launch() {
     pid = fork_with([&]() noexcept {
       ::close(fds[0]);
       if (main_thread && !die_with_parent(parent)) child_exit(0);
-      serve(fds[1], parent, body_);
+      serve(fds[1], parent, main_thread, body_);
     });
   } catch (...) {
     ::close(fds[0]);
@@ -169,7 +173,7 @@ inline void fork_server::stop() noexcept {
   }
 }
 
-inline void fork_server::serve(int fd, pid_t parent, const worker_body& body) {
+inline void fork_server::serve(int fd, pid_t parent, bool main_thread, const worker_body& body) {
   ::signal(SIGINT, SIG_IGN);  // as its workers: the parent decides what Ctrl-C means
   int* tid_address = nullptr;
   void* robust_head = nullptr;
@@ -199,7 +203,7 @@ inline void fork_server::serve(int fd, pid_t parent, const worker_body& body) {
     if (pid == 0) {
       ::close(fd);
       ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-      body(rq.index, rq.number);
+      body(rq.index, rq.number, main_thread);
       child_exit(0);  // not reached: body ends the process
     }
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
