@@ -229,23 +229,32 @@ TEST_CASE("maps of big items reuse the parent's message buffers", "[memory]") {
 
 // RSS, which the sanitizers' allocators (their quarantine) keep high after a free.
 #if !defined(PROCPOOL_TEST_ASAN) && !defined(PROCPOOL_TEST_TSAN)
+namespace {
+/// Checks that worker @p w's RSS comes back within 32 MiB of @p before. Polled:
+/// the worker gives its buffers back just after it sends the answer that
+/// map() returns with.
+void worker_gives_back(pid_t w, long long before) {
+  long long grew = 0;
+  const bool given_back = eventually([&] {
+    grew = static_cast<long long>(rss_bytes(w)) - before;
+    return grew < (32ll << 20);
+  });
+  INFO("the worker's RSS grew by " << grew / 1024 << " KiB");
+  CHECK(given_back);
+}
+}  // namespace
+
 TEST_CASE("a huge argument is not kept by the worker after the next, small one", "[memory]") {
   watchdog wd(60s);
   // The huge one is copied out of the task ring; the small one is read where
-  // it lies, and leaves the copy's buffer unused. Polled, as below.
+  // it lies, and leaves the copy's buffer unused.
   procpool::Pool pool([](const std::string& s) { return s.size(); }, 1);
   CHECK(pool.map(std::vector<std::string>{"x"}).at(0) == 1);
   const pid_t w = pool.pids().at(0);
   const long long worker_before = static_cast<long long>(rss_bytes(w));
   CHECK(pool.map(std::vector<std::string>{std::string(100u << 20, 'a')}).at(0) == (100u << 20));
   CHECK(pool.map(std::vector<std::string>{"x"}).at(0) == 1);
-  long long worker_grew = 0;
-  const bool given_back = eventually([&] {
-    worker_grew = static_cast<long long>(rss_bytes(w)) - worker_before;
-    return worker_grew < (32ll << 20);
-  });
-  INFO("the worker's RSS grew by " << worker_grew / 1024 << " KiB");
-  CHECK(given_back);
+  worker_gives_back(w, worker_before);
 }
 
 TEST_CASE("a huge result or error is not kept after the call, in the parent or the worker",
@@ -267,20 +276,12 @@ TEST_CASE("a huge result or error is not kept after the call, in the parent or t
   CHECK(parent_grew < (32ll << 20));
 
   const pid_t w = pool.pids().at(0);
-  const auto worker_rss = [w] { return static_cast<long long>(rss_bytes(w)); };
-  const long long worker_before = worker_rss();
+  const auto worker_before = static_cast<long long>(rss_bytes(w));
   const auto failed = pool.try_map(std::vector<int>{-100});
   CHECK_FALSE(failed.at(0).ok());
   pool.map(std::vector<int>{0});
-  // Polled: the worker gives its buffers back just after it sends the answer
-  // map() returns with. Which of its two answer buffers a message uses depends
-  // on the room in the result ring then; what the other holds must go too.
-  long long worker_grew = 0;
-  const bool given_back = eventually([&] {
-    worker_grew = worker_rss() - worker_before;
-    return worker_grew < (32ll << 20);
-  });
-  INFO("the worker's RSS grew by " << worker_grew / 1024 << " KiB");
-  CHECK(given_back);
+  // Which of its two answer buffers a message uses depends on the room in the
+  // result ring then; what the other holds must go too.
+  worker_gives_back(w, worker_before);
 }
 #endif
