@@ -181,8 +181,7 @@ class engine : public std::enable_shared_from_this<engine> {
 
   worker_shared* shared_of(const worker& w) const noexcept { return shm_.worker(w.index); }
 
-  /// Starts worker @p w: forked from this process when not @p from_server.
-  void spawn_worker(worker& w, bool from_server = true);
+  void spawn_worker(worker& w);
   /// What worker @p index runs, in the worker; @p main_thread_parent: forked
   /// by the main thread, or by the fork server that thread forked. Never returns.
   [[noreturn]] void run_worker(std::size_t index, bool main_thread_parent);
@@ -273,17 +272,16 @@ inline engine::engine(const pool_options& opts, void* fn)
   workers_.resize(checked_workers(opts));
   for (std::size_t i = 0; i < workers_.size(); ++i) workers_[i].index = i;
   try {
-    // The fork server and the first workers start from this instant's state;
-    // the server first, as it sleeps while the workers poll for work.
+    // Every worker, first or replacement, starts from this instant's state.
     server_.launch();
-    for (auto& w : workers_) spawn_worker(w, false);
+    for (auto& w : workers_) spawn_worker(w);
   } catch (...) {
     terminate();
     throw;
   }
 }
 
-inline void engine::spawn_worker(worker& w, bool from_server) {
+inline void engine::spawn_worker(worker& w) {
   worker_shared* s = shared_of(w);
   s->tasks.head = s->tasks.tail = 0;
   s->results.head = s->results.tail = 0;
@@ -303,7 +301,7 @@ inline void engine::spawn_worker(worker& w, bool from_server) {
   ++started_;
   const auto index = static_cast<std::uint32_t>(w.index);
   const unsigned number = next_process_number();
-  w.pid = from_server ? server_.start_worker(index, number) : server_.fork_here(index, number);
+  w.pid = server_.start_worker(index, number);
 }
 
 inline void engine::run_worker(std::size_t index, bool main_thread_parent) {

@@ -3,11 +3,10 @@
 #pragma once
 
 // The fork server of one pool (Python's forkserver, without exec): a
-// single-threaded child forked when the pool is built, which starts each
-// replacement worker. A replacement so starts from the parent as it was when
-// the pool was built, as the first workers do (forked by the constructor at
-// that instant, without waiting for the server): never holding a lock that
-// another thread held when it started, nor the engine's.
+// single-threaded child forked when the pool is built, which starts every
+// worker of the pool, the first ones and each replacement. A worker so starts
+// from the parent as it was when the pool was built: never holding a lock that
+// another thread held when the worker started, nor the engine's.
 //
 // The server starts a worker with clone(CLONE_PARENT), so the worker is the
 // pool process's own child: reaped by waitpid, and told of its parent's death,
@@ -22,7 +21,7 @@
 // or the loader, so none is held when it clones.
 //
 // Where the kernel lacks PR_GET_TID_ADDRESS (CONFIG_CHECKPOINT_RESTORE), the
-// server says so and ends, and the pool forks its replacements itself.
+// server says so and ends, and the pool forks its workers itself.
 //
 // The protocol, over a SOCK_SEQPACKET socket pair: the server sends one int
 // when it starts (0, or the errno that stops it), read with the first request;
@@ -58,12 +57,6 @@ class fork_server {
   fork_server(const fork_server&) = delete;
   fork_server& operator=(const fork_server&) = delete;
 
-  /// Forks worker @p index from this process now, by the calling thread.
-  /// @throws system_error.
-  pid_t fork_here(std::uint32_t index, std::uint32_t number) {
-    const bool main_thread = ::gettid() == current_pid();
-    return fork_with([&]() noexcept { body_(index, number, main_thread); });
-  }
   /// Forks the server, without waiting for it. @throws system_error.
   void launch();
   /// Starts worker @p index through the server: its pid, a child of this
@@ -78,6 +71,11 @@ class fork_server {
   pid_t pid() const noexcept { return pid_; }
 
  private:
+  /// Forks worker @p index from this process now, by the calling thread.
+  pid_t fork_here(std::uint32_t index, std::uint32_t number) {
+    const bool main_thread = ::gettid() == current_pid();
+    return fork_with([&]() noexcept { body_(index, number, main_thread); });
+  }
   [[noreturn]] static void serve(int fd, pid_t parent, bool main_thread, const worker_body& body);
 
   worker_body body_;
@@ -162,9 +160,9 @@ inline pid_t fork_server::start_worker(std::uint32_t index, std::uint32_t number
 inline void fork_server::stop() noexcept {
   if (fd_ >= 0) close_fd(std::exchange(fd_, -1));
   const pid_t pid = std::exchange(pid_, 0);
+  hello_pending_ = false;
   // A copy in another process (a worker that calls exit(), a fork holding
   // the pool) leaves the owner's server alone.
-  hello_pending_ = false;
   if (pid == 0 || owner_ != current_pid()) return;
   if (::kill(pid, SIGKILL) == 0) {
     int status = 0;
